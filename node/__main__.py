@@ -1,0 +1,196 @@
+"""Composition root: build settings, index, spool, scheduler, workers and AE, and wire them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom import Dataset
+from pynetdicom import _config as pynetdicom_config
+
+from node import __version__, audit
+from node.api import ApiServer
+from node.completion import Completion
+from node.db import Database, make_engine
+from node.delivery import Dispatcher
+from node.dicom.scp import StorageSCP
+from node.ingest import Ingest
+from node.jobs import JobQueue, WorkerPool, worker_identity
+from node.output import is_radnode_output
+from node.processing import PipelineCache, Processor
+from node.retention import Retention
+from node.routing import Router
+from node.settings import Settings
+from node.signing import load_or_create_identity, sign_dataset
+from node.spool import Spool
+from pipelines.registry import default_registry
+
+logger = logging.getLogger(__name__)
+
+
+def _guarded(name: str, func: Callable[[], object]) -> Callable[[], None]:
+    """A scheduler task that logs its failure instead of dying silently."""
+
+    def run() -> None:
+        try:
+            func()
+        except Exception:  # the edge of a scheduled task
+            logger.exception("scheduled task %s failed", name)
+
+    return run
+
+
+@dataclass
+class Node:
+    """A running node: every component, started and stopped together."""
+
+    settings: Settings
+    db: Database
+    scp: StorageSCP
+    workers: WorkerPool
+    scheduler: BackgroundScheduler
+    api: ApiServer | None
+    ingest: Ingest
+
+    def start(self) -> None:
+        """Recover what a previous process left, then start serving."""
+        reindexed = self.ingest.reindex_spool()
+        if reindexed:
+            logger.info("re-indexed %d spooled instance(s) the index lacked", reindexed)
+        with self.db.session() as session:
+            audit.ensure_head(session)
+            audit.record(
+                session,
+                audit.AuditEvent.APPLICATION_START,
+                actor=self.settings.node.ae_title,
+                version=__version__,
+                port=self.settings.node.port,
+                reindexed=reindexed,
+            )
+        self.scheduler.start()
+        self.workers.start()
+        self.scp.start()
+        if self.api is not None:
+            self.api.start()
+
+    def stop(self) -> None:
+        """Stop accepting, let work in progress finish, and record the stop."""
+        self.scp.stop()
+        if self.api is not None:
+            self.api.stop()
+        self.scheduler.shutdown(wait=True)
+        self.workers.stop()
+        with self.db.session() as session:
+            audit.record(
+                session,
+                audit.AuditEvent.APPLICATION_STOP,
+                actor=self.settings.node.ae_title,
+                version=__version__,
+            )
+        self.db.close()
+
+
+def build_node(settings: Settings) -> Node:
+    """Build every component from ``settings`` (nothing is started)."""
+    # Patient identifiers never reach the process log.
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+    data_dir = settings.node.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(make_engine(settings.node.database_url))
+    spool = Spool(data_dir / "spool")
+    registry = default_registry()
+    identity = load_or_create_identity(
+        data_dir / "keys",
+        settings.node.signing_key,
+        settings.node.signing_cert,
+        common_name=settings.node.ae_title,
+    )
+
+    def signer(ds: Dataset) -> None:
+        sign_dataset(ds, identity)
+
+    ingest = Ingest(db, spool, is_radnode_output)
+    queue = JobQueue(db, settings.jobs)
+    owner = worker_identity()
+    dispatcher = Dispatcher(db, settings, data_dir)
+    processor = Processor(
+        db,
+        settings,
+        spool,
+        queue,
+        PipelineCache(registry, settings),
+        data_dir / "outputs",
+        signer,
+    )
+    workers = WorkerPool(queue, processor.process, settings.node.workers, owner)
+    completion = Completion(
+        db, spool, Router(settings.rules), settings.completion, on_queued=workers.wake
+    )
+    retention = Retention(db, spool, data_dir / "outputs", settings.retention)
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+    scheduler.add_job(
+        _guarded("completion", completion.sweep),
+        "interval",
+        seconds=settings.completion.sweep_seconds,
+        id="completion",
+        **common,
+    )
+    scheduler.add_job(
+        _guarded("delivery", dispatcher.pump), "interval", seconds=0.5, id="delivery", **common
+    )
+    scheduler.add_job(
+        _guarded("recovery", lambda: (queue.recover(), dispatcher.recover())),
+        "interval",
+        seconds=15,
+        id="recovery",
+        **common,
+    )
+    scheduler.add_job(
+        _guarded("retention", retention.sweep), "interval", hours=1, id="retention", **common
+    )
+    # Jobs that a dead process on this host held are not waited for.
+    queue.release_dead_local(socket.gethostname())
+    scp = StorageSCP(settings.node, db, ingest)
+    api = (
+        ApiServer(settings.node.host, settings.node.http_port, db, scp)
+        if settings.node.http_port
+        else None
+    )
+    return Node(settings, db, scp, workers, scheduler, api, ingest)
+
+
+def serve(settings: Settings) -> int:
+    """Run the node until SIGINT or SIGTERM; return the exit code."""
+    node = build_node(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    node.start()
+    logger.info("radnode %s ready", __version__)
+    stop.wait()
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    from node.cli import main
+
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The ``radnode`` command: serve, audit, verify, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from node import __version__, audit
+from node.errors import ConfigError
+from node.settings import Settings, config_path, load_settings
+from pipelines.base import PipelineError
+
+logger = logging.getLogger(__name__)
+
+_AUDIT_COLUMNS = ("id", "ts", "event", "outcome", "actor", "series_uid", "detail")
+
+
+def _settings(path: str | None, with_registry: bool = True) -> Settings:
+    from pipelines.registry import default_registry
+
+    return load_settings(config_path(path), default_registry() if with_registry else None)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from node.__main__ import serve
+
+    _configure_logging(args.verbose)
+    return serve(_settings(args.config))
+
+
+def _audit_db(args: argparse.Namespace) -> tuple[Settings, object]:
+    from node.db import Database, make_engine
+
+    settings = _settings(args.config, with_registry=False)
+    return settings, Database(make_engine(settings.node.database_url))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from node.api import parse_time
+    from node.db import Database
+
+    settings, db_obj = _audit_db(args)
+    assert isinstance(db_obj, Database)
+    db = db_obj
+    if args.action == "verify":
+        with db.session() as session:
+            report = audit.verify_chain(session)
+        if report.ok:
+            print(f"audit chain intact: {report.records} records")
+            return 0
+        print(
+            f"audit chain BROKEN at record {report.first_broken_id}: {report.reason} "
+            f"({report.records} records verified before it)"
+        )
+        return 1
+    for event in args.event or []:
+        if event not in audit.AuditEvent.names():
+            from pipelines.base import unknown_option_message
+
+            print(unknown_option_message("event", event, audit.AuditEvent.names()), file=sys.stderr)
+            return 2
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"not an ISO 8601 time: {exc}", file=sys.stderr)
+        return 2
+    with db.session() as session:
+        records = audit.query(
+            session,
+            study_uid=args.study,
+            series_uid=args.series,
+            events=args.event or [],
+            since=since,
+            until=until,
+            limit=args.limit,
+        )
+        rows = [audit.as_dict(r) for r in records]
+        audit.record(
+            session,
+            audit.AuditEvent.QUERY,
+            actor="cli",
+            filters={
+                k: v
+                for k, v in vars(args).items()
+                if k in ("study", "series", "event", "since", "until") and v
+            },
+            results=len(rows),
+        )
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    _print_table(rows)
+    del settings
+    return 0
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    table = []
+    for row in rows:
+        detail = row["detail"]
+        detail_text = (
+            " ".join(f"{k}={v}" for k, v in detail.items()) if isinstance(detail, dict) else ""
+        )
+        table.append(
+            [
+                str(row["id"]),
+                str(row["ts"]),
+                str(row["event"]),
+                str(row["outcome"]),
+                str(row["actor"]),
+                str(row["series_uid"]),
+                detail_text[:80],
+            ]
+        )
+    widths = [
+        max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(_AUDIT_COLUMNS)
+    ]
+    print("  ".join(h.ljust(w) for h, w in zip(_AUDIT_COLUMNS, widths, strict=True)).rstrip())
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"({len(table)} records)")
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from node.verify import main as verify_main
+
+    return verify_main(args.rest)
+
+
+def _pipeline_command(args: argparse.Namespace, which: str) -> int:
+    from pipelines.registry import default_registry
+
+    entry = default_registry().entry(args.pipeline)
+    command = entry.train if which == "train" else entry.evaluate
+    if command is None:
+        print(f"pipeline {args.pipeline!r} has no {which} command", file=sys.stderr)
+        return 2
+    _configure_logging(False)
+    return command(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``radnode``."""
+    parser = argparse.ArgumentParser(prog="radnode", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"radnode {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node")
+    serve.add_argument("--config", help="settings file (default $RADNODE_CONFIG or ./settings.toml)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=_cmd_serve)
+
+    aud = sub.add_parser("audit", help="query the audit log, or verify its hash chain")
+    aud.add_argument("action", nargs="?", choices=["verify"], help="verify the hash chain")
+    aud.add_argument("--config", help="settings file")
+    aud.add_argument("--study", help="StudyInstanceUID")
+    aud.add_argument("--series", help="SeriesInstanceUID")
+    aud.add_argument("--event", action="append", help="event name (repeatable)")
+    aud.add_argument("--since", help="ISO 8601 date/time (UTC unless an offset is given)")
+    aud.add_argument("--until", help="ISO 8601 date/time")
+    aud.add_argument("--limit", type=int, default=None, help="at most this many records")
+    aud.add_argument("--format", choices=["table", "json"], default="table")
+    aud.set_defaults(func=_cmd_audit)
+
+    ver = sub.add_parser("verify", help="check outputs' signatures and provenance", add_help=False)
+    ver.add_argument("rest", nargs=argparse.REMAINDER)
+    ver.set_defaults(func=_cmd_verify)
+
+    for which in ("train", "evaluate"):
+        cmd = sub.add_parser(which, help=f"{which} a pipeline's model", add_help=False)
+        cmd.add_argument("pipeline")
+        cmd.add_argument("rest", nargs=argparse.REMAINDER)
+        cmd.set_defaults(func=lambda a, w=which: _pipeline_command(a, w))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``radnode``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ConfigError, PipelineError) as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
+    return code

@@ -1,0 +1,1 @@
+"""DICOM networking: the node's SCP (receive) and SCU (send)."""

@@ -1,0 +1,233 @@
+"""Implementation of the node's Storage and Verification SCP (PS3.4 B, A).
+
+Handlers are thin: validate, persist, record, answer. A C-STORE is answered
+Success only after the instance is fsync'd in the spool and indexed; bad
+input is answered with a failure status carrying an Error Comment, and an
+audit record, and the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydicom import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node import audit
+from node.db import Database
+from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from node.errors import InvalidInstanceError, StorageError
+from node.ingest import Ingest
+from node.settings import NodeSettings
+
+logger = logging.getLogger(__name__)
+
+# C-STORE failure statuses (PS3.4 Table B.2-1 and PS3.7 C.4.2).
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    # Error Comment is LO: at most 64 characters, no backslash.
+    status.ErrorComment = comment.replace("\\", "/")[:64]
+    return status
+
+
+@dataclass
+class _AssociationLog:
+    """What one association delivered, summarised in the audit log at its end."""
+
+    calling_ae: str
+    address: str
+    received: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    duplicates: int = 0
+    rejected: int = 0
+
+
+class StorageSCP:
+    """The node's listening AE: C-ECHO and C-STORE for every storage SOP class."""
+
+    def __init__(self, settings: NodeSettings, db: Database, ingest: Ingest) -> None:
+        self.settings = settings
+        self.db = db
+        self.ingest = ingest
+        self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        self._associations: dict[int, _AssociationLog] = {}
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.maximum_associations = 32
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.acse_timeout = 30
+        if self.settings.allowed_calling_ae:
+            ae.require_calling_aet = list(self.settings.allowed_calling_ae)
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> None:
+        """Listen on ``host:port`` in background threads."""
+        ae = self._make_ae()
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
+        ]
+        self._server = ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        logger.info(
+            "listening as %s on %s:%d",
+            self.settings.ae_title,
+            self.settings.host,
+            self.settings.port,
+        )
+
+    @property
+    def running(self) -> bool:
+        """Whether the server accepts connections."""
+        return self._server is not None
+
+    def stop(self) -> None:
+        """Stop listening; associations in progress are ended."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- association events ------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        log = _AssociationLog(
+            calling_ae=str(requestor.ae_title).strip(), address=str(requestor.address)
+        )
+        with self._lock:
+            self._associations[id(event.assoc)] = log
+        with self.db.session() as session:
+            audit.record(
+                session,
+                audit.AuditEvent.ASSOCIATION_ACCEPTED,
+                actor=log.calling_ae,
+                address=log.address,
+                called_ae=self.settings.ae_title,
+            )
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        logger.warning("association from %s (%s) rejected", calling, requestor.address)
+        with self.db.session() as session:
+            audit.record(
+                session,
+                audit.AuditEvent.ASSOCIATION_REJECTED,
+                outcome=audit.Outcome.MINOR_FAILURE,
+                actor=calling,
+                address=str(requestor.address),
+                called_ae=str(event.assoc.acceptor.ae_title).strip(),
+                reason=(
+                    "calling AE title not allowed"
+                    if self.settings.allowed_calling_ae
+                    and calling not in self.settings.allowed_calling_ae
+                    else "association request rejected"
+                ),
+            )
+
+    def _on_ended(self, event: evt.Event) -> None:
+        with self._lock:
+            log = self._associations.pop(id(event.assoc), None)
+        if log is None or not (log.received or log.duplicates):
+            return
+        # One record per series per association (DICOM Instances Transferred).
+        with self.db.session() as session:
+            for (study, series, patient), count in log.received.items():
+                audit.record(
+                    session,
+                    audit.AuditEvent.INSTANCES_RECEIVED,
+                    study_uid=study,
+                    series_uid=series,
+                    patient_id=patient,
+                    actor=log.calling_ae,
+                    address=log.address,
+                    instances=count,
+                    duplicates=log.duplicates,
+                    aborted=event.event is evt.EVT_ABORTED,
+                )
+
+    # -- C-STORE ----------------------------------------------------------------
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        with self._lock:
+            log = self._associations.get(id(event.assoc))
+        try:
+            ds = event.dataset
+            requested_uid = str(event.request.AffectedSOPInstanceUID)
+            accepted = self.ingest.accept(
+                ds, event.request.DataSet.getvalue(), event.file_meta, calling
+            )
+            if accepted.identity.sop_instance_uid != requested_uid:
+                # Stored anyway (it is a valid instance), but the peer is told.
+                logger.warning("SOP Instance UID in dataset differs from the request")
+        except InvalidInstanceError as exc:
+            return self._reject(event, calling, log, DATASET_DOES_NOT_MATCH, str(exc))
+        except StorageError as exc:
+            logger.error("spool write failed: %s", exc)
+            return self._reject(event, calling, log, OUT_OF_RESOURCES, str(exc))
+        except Exception as exc:
+            logger.exception("C-STORE failed")
+            return self._reject(
+                event, calling, log, CANNOT_UNDERSTAND, f"{type(exc).__name__}: {exc}"
+            )
+        if log is not None:
+            ident = accepted.identity
+            if accepted.duplicate:
+                log.duplicates += 1
+            else:
+                log.received[(ident.study_uid, ident.series_uid, ident.patient_id)] += 1
+        return 0x0000
+
+    def _reject(
+        self,
+        event: evt.Event,
+        calling: str,
+        log: _AssociationLog | None,
+        code: int,
+        reason: str,
+    ) -> Dataset:
+        logger.warning("C-STORE from %s refused (0x%04X): %s", calling, code, reason)
+        if log is not None:
+            log.rejected += 1
+        try:
+            with self.db.session() as session:
+                audit.record(
+                    session,
+                    audit.AuditEvent.INSTANCE_REJECTED,
+                    outcome=audit.Outcome.MINOR_FAILURE,
+                    actor=calling,
+                    status=f"0x{code:04X}",
+                    reason=reason,
+                    sop_class=str(event.request.AffectedSOPClassUID),
+                )
+        except Exception:
+            logger.exception("could not audit a refused C-STORE")
+        return _status(code, reason)

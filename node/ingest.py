@@ -1,0 +1,252 @@
+"""Accepting one received instance: validate, store durably, index.
+
+Kept apart from the DIMSE handler so the handler stays thin (validate,
+persist, record, answer) and so the rules can be tested without a network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy.exc import IntegrityError
+
+from node.db import Database, Instance, Series, utcnow
+from node.errors import InvalidInstanceError
+from node.spool import Spool, check_uid
+
+logger = logging.getLogger(__name__)
+
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: first item of encapsulated pixels
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The UIDs and identifiers that place an instance in the index."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    patient_id: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What :meth:`Ingest.accept` did with an instance."""
+
+    identity: Identity
+    duplicate: bool
+    origin: str
+
+
+def _required_uid(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        raise InvalidInstanceError(f"missing {keyword}")
+    try:
+        return check_uid(str(value).strip(), keyword)
+    except ValueError as exc:
+        raise InvalidInstanceError(str(exc)) from None
+
+
+def _check_pixels(ds: Dataset, transfer_syntax: UID) -> None:
+    """Pixel Data must fit Rows, Columns, Samples, Bits and Frames (PS3.3 C.7.6.3)."""
+    if "PixelData" not in ds:
+        return
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
+    if missing:
+        raise InvalidInstanceError(f"Pixel Data present but {', '.join(missing)} missing")
+    rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
+        raise InvalidInstanceError(
+            f"invalid image size Rows={rows} Columns={cols} BitsAllocated={bits}"
+        )
+    bits_stored = ds.get("BitsStored")
+    if bits_stored is not None and not 1 <= int(bits_stored) <= bits:
+        raise InvalidInstanceError(f"BitsStored {bits_stored} does not fit BitsAllocated {bits}")
+    value = ds["PixelData"].value
+    if transfer_syntax.is_encapsulated:
+        if not isinstance(value, bytes) or not value.startswith(_ITEM_TAG):
+            raise InvalidInstanceError(
+                f"encapsulated Pixel Data is not a sequence of items ({transfer_syntax.name})"
+            )
+        return
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    expected = (rows * cols * samples * frames * bits + 7) // 8
+    actual = len(value) if value is not None else 0
+    if actual < expected:
+        raise InvalidInstanceError(
+            f"Pixel Data has {actual} bytes; Rows {rows} x Columns {cols} x Samples {samples}"
+            f" x Frames {frames} x {bits} bits needs {expected}"
+        )
+
+
+def identify(ds: Dataset, transfer_syntax: UID) -> Identity:
+    """Validate a received dataset and return its identity.
+
+    Raises
+    ------
+    InvalidInstanceError
+        When the dataset cannot be read, lacks a UID, or its pixels do not
+        match its image attributes.
+    """
+    try:
+        identity = Identity(
+            sop_class_uid=_required_uid(ds, "SOPClassUID"),
+            sop_instance_uid=_required_uid(ds, "SOPInstanceUID"),
+            study_uid=_required_uid(ds, "StudyInstanceUID"),
+            series_uid=_required_uid(ds, "SeriesInstanceUID"),
+            modality=str(ds.get("Modality", "") or "")[:16],
+            patient_id=str(ds.get("PatientID", "") or "")[:64],
+        )
+        _check_pixels(ds, transfer_syntax)
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise InvalidInstanceError(f"unreadable dataset: {type(exc).__name__}: {exc}") from exc
+    return identity
+
+
+def encode_file(file_meta: FileMetaDataset, raw_dataset: bytes) -> list[bytes]:
+    """The DICOM File Format (PS3.10 7.1): preamble, prefix, meta, dataset."""
+    meta = DicomBytesIO()
+    meta.is_little_endian = True
+    meta.is_implicit_VR = False
+    write_file_meta_info(meta, file_meta, enforce_standard=True)
+    return [b"\x00" * 128, b"DICM", meta.getvalue(), raw_dataset]
+
+
+class Ingest:
+    """Stores received instances in the spool and indexes them."""
+
+    def __init__(
+        self, db: Database, spool: Spool, is_own_output: Callable[[Dataset], bool]
+    ) -> None:
+        self.db = db
+        self.spool = spool
+        self.is_own_output = is_own_output
+
+    def accept(
+        self,
+        ds: Dataset,
+        raw_dataset: bytes,
+        file_meta: FileMetaDataset,
+        calling_ae: str,
+    ) -> Accepted:
+        """Validate, write durably, then index one instance.
+
+        Returns only once the file is fsync'd and the index committed, so the
+        caller may answer Success. A SOP Instance UID already indexed is not
+        stored again.
+        """
+        ts = UID(str(file_meta.TransferSyntaxUID))
+        identity = identify(ds, ts)
+        origin = "radnode" if self.is_own_output(ds) else "external"
+        relative = self.spool.relative_path(
+            identity.study_uid, identity.series_uid, identity.sop_instance_uid
+        )
+        with self.db.session() as session:
+            if session.get(Instance, identity.sop_instance_uid) is not None:
+                return Accepted(identity, duplicate=True, origin=origin)
+        size = self.spool.write(relative, encode_file(file_meta, raw_dataset))
+        for attempt in range(2):
+            try:
+                return self._index(identity, relative, size, str(ts), calling_ae, origin)
+            except IntegrityError:
+                # Another association indexed the same instance or created the
+                # same series at the same moment; the retry sees its row.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def reindex_spool(self) -> int:
+        """Index spooled files the index lacks (a crash between write and commit).
+
+        The peer was never answered Success for such a file and will send it
+        again; indexing it now keeps it from being stored twice.
+        """
+        from pydicom import dcmread
+        from sqlalchemy import select
+
+        with self.db.session() as session:
+            known = set(session.execute(select(Instance.path)).scalars())
+        added = 0
+        for path in self.spool.files():
+            relative = str(path.relative_to(self.spool.root))
+            if relative in known:
+                continue
+            try:
+                ds = dcmread(path)
+                ts = UID(str(ds.file_meta.TransferSyntaxUID))
+                identity = identify(ds, ts)
+                origin = "radnode" if self.is_own_output(ds) else "external"
+                self._index(identity, relative, path.stat().st_size, str(ts), "", origin)
+                added += 1
+            except Exception:
+                logger.exception("cannot re-index a spooled file; moving it aside")
+                path.rename(path.with_suffix(".unreadable"))
+        return added
+
+    def _index(
+        self,
+        identity: Identity,
+        relative: str,
+        size: int,
+        transfer_syntax: str,
+        calling_ae: str,
+        origin: str,
+    ) -> Accepted:
+        now = utcnow()
+        with self.db.session() as session:
+            if session.get(Instance, identity.sop_instance_uid) is not None:
+                return Accepted(identity, duplicate=True, origin=origin)
+            session.add(
+                Instance(
+                    sop_instance_uid=identity.sop_instance_uid,
+                    sop_class_uid=identity.sop_class_uid,
+                    study_uid=identity.study_uid,
+                    series_uid=identity.series_uid,
+                    path=relative,
+                    transfer_syntax=transfer_syntax,
+                    size=size,
+                    calling_ae=calling_ae,
+                    received_at=now,
+                )
+            )
+            series = session.get(Series, identity.series_uid, with_for_update=True)
+            if series is None:
+                session.add(
+                    Series(
+                        series_uid=identity.series_uid,
+                        study_uid=identity.study_uid,
+                        modality=identity.modality,
+                        patient_id=identity.patient_id,
+                        origin=origin,
+                        state="receiving",
+                        generation=1,
+                        instance_count=1,
+                        first_received_at=now,
+                        last_received_at=now,
+                    )
+                )
+            else:
+                series.instance_count += 1
+                series.last_received_at = now
+                if series.state != "receiving":
+                    # A late instance: completion runs again for a new
+                    # generation, whose outputs replace the earlier ones.
+                    series.state = "receiving"
+                    series.generation += 1
+            session.flush()
+        return Accepted(identity, duplicate=False, origin=origin)
+
+

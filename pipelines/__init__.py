@@ -1,0 +1,1 @@
+"""radnode's enhancement pipelines: image science, independent of DICOM networking."""

@@ -1,0 +1,99 @@
+"""End to end: dcmtk sends a CT series to a running node, which delivers to a real Orthanc."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from node.peers import LOOPBACK, Orthanc, free_port, run_tool, start_orthanc, wait_until
+from node.samples import CT_128, make_series, write_series
+from tests.conftest import NodeRunner, ct_rule, pacs_destination
+
+pytestmark = pytest.mark.e2e
+
+
+def storescu(port: int, files: list[Path], aet: str = "SCANNER") -> subprocess.CompletedProcess[str]:
+    """Send ``files`` to the node with dcmtk's storescu (one association)."""
+    return run_tool(["storescu", "-aet", aet, "-aec", "RADNODE", LOOPBACK, str(port), *map(str, files)])
+
+
+def enhanced_series(orthanc: Orthanc, study_uid: str, expected: int) -> dict[str, Any] | None:
+    """The enhanced series in ``study_uid`` once it holds ``expected`` instances."""
+    for series in orthanc.series_of_study(study_uid):
+        tags = series["MainDicomTags"]
+        if str(tags.get("SeriesDescription", "")).startswith("AI ENHANCED") and len(
+            series["Instances"]
+        ) == expected:
+            return series
+    return None
+
+
+def audit_events(runner: NodeRunner, series_uid: str) -> list[str]:
+    """Event names the node's audit log holds for a source series."""
+    return [r["event"] for r in runner.http(f"/audit?series={series_uid}")]
+
+
+def test_ct_series_is_enhanced_and_delivered_to_the_source_study(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.start()
+    series = make_series(CT_128, slices=4, series_description="LOW DOSE ABD", noise_hu=20)
+    files = write_series(series, tmp_path / "in")
+    study_uid = str(series[0].StudyInstanceUID)
+    source_uid = str(series[0].SeriesInstanceUID)
+
+    echo = run_tool(["echoscu", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)])
+    assert echo.returncode == 0, echo.stderr
+    sent = storescu(node_runner.port, files)
+    assert sent.returncode == 0, sent.stderr
+
+    found = wait_until(lambda: enhanced_series(orthanc, study_uid, 4), 120, "enhanced series")
+    tags = found["MainDicomTags"]
+    assert tags["SeriesDescription"] == "AI ENHANCED: LOW DOSE ABD"
+    assert tags["SeriesInstanceUID"] != source_uid
+    assert tags["Modality"] in ("CT", "OT")
+
+    # Every output in the PACS is a Secondary Capture with the provenance table.
+    instance_id = found["Instances"][0]
+    ds = dcmread(orthanc.instance_file(instance_id))
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert ds.StudyInstanceUID == study_uid
+    assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in {s.SOPInstanceUID for s in series}
+    assert "DigitalSignaturesSequence" in ds
+    assert ds.ContentQualification == "RESEARCH"
+
+    events = wait_until(
+        lambda: (e := audit_events(node_runner, source_uid)) and "instances-sent" in e and e,
+        60,
+        "instances-sent audit record",
+    )
+    for name in ("instances-received", "series-completed", "job-queued", "job-started", "job-succeeded"):
+        assert name in events
+    # The source study in Orthanc holds only the enhanced series (the source went to the node).
+    assert len(orthanc.series_of_study(study_uid)) == 1
+
+
+def test_bad_config_stops_start_up_naming_key_and_value(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        '[node]\nport = 70000\n\n[[destinations]]\nname = "pacs"\nae_title = "X"\n'
+        'host = "127.0.0.1"\nport = 4242\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "node", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "node.port = 70000" in proc.stderr
+    del json, free_port, start_orthanc
