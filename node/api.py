@@ -12,7 +12,7 @@ import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 from sqlalchemy import func, select, text
@@ -23,10 +23,13 @@ from node.db import Database, Delivery, Job, Series
 logger = logging.getLogger(__name__)
 
 
-class _Scp:
+class _Scp(Protocol):
     """What the API needs to know of the SCP (for health)."""
 
-    running: bool
+    @property
+    def running(self) -> bool:
+        """Whether the DICOM server accepts connections."""
+        ...
 
 
 def parse_time(value: str) -> dt.datetime:
@@ -92,7 +95,11 @@ class ApiServer:
                     "application/x-ndjson",
                 )
             else:
-                status, body, ctype = HTTPStatus.NOT_FOUND, '{"error": "not found"}', "application/json"
+                status, body, ctype = (
+                    HTTPStatus.NOT_FOUND,
+                    '{"error": "not found"}',
+                    "application/json",
+                )
         except ValueError as exc:
             status, body, ctype = (
                 HTTPStatus.BAD_REQUEST,
@@ -118,7 +125,8 @@ class ApiServer:
         try:
             with self.db.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except Exception:
+        except Exception:  # any database failure makes the node unhealthy
+            logger.exception("health check: database unreachable")
             db_ok = False
         ok = db_ok and self.scp.running
         body = {"status": "ok" if ok else "degraded", "database": db_ok, "dicom": self.scp.running}

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import TypedDict
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -72,6 +73,14 @@ class AuditEvent(Enum):
     def names(cls) -> list[str]:
         """All event names, for ``--event`` validation."""
         return [e.label for e in cls]
+
+
+class Subject(TypedDict, total=False):
+    """Whom an event concerns: study, series and patient."""
+
+    study_uid: str
+    series_uid: str
+    patient_id: str
 
 
 @dataclass(frozen=True)

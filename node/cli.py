@@ -124,9 +124,7 @@ def _print_table(rows: list[dict[str, object]]) -> None:
                 detail_text[:80],
             ]
         )
-    widths = [
-        max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(_AUDIT_COLUMNS)
-    ]
+    widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(_AUDIT_COLUMNS)]
     print("  ".join(h.ljust(w) for h, w in zip(_AUDIT_COLUMNS, widths, strict=True)).rstrip())
     for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -158,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the node")
-    serve.add_argument("--config", help="settings file (default $RADNODE_CONFIG or ./settings.toml)")
+    serve.add_argument(
+        "--config", help="settings file (default $RADNODE_CONFIG or ./settings.toml)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_cmd_serve)
 

@@ -85,7 +85,7 @@ class Completion:
     def _complete(self, session: Session, series: Series, now: dt.datetime) -> int:
         series.state = "complete"
         series.completed_at = now
-        where = {
+        where: audit.Subject = {
             "study_uid": series.study_uid,
             "series_uid": series.series_uid,
             "patient_id": series.patient_id,

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from node import audit
 from node.db import Database, Delivery, utcnow
 from node.dicom.scu import StoreResult, send_files
-from node.errors import DeliveryError, StorageError
+from node.errors import ConfigError, DeliveryError, StorageError
 from node.settings import DeliverySettings, DicomDestination, FolderDestination, Settings
 from node.spool import write_atomic
 
@@ -115,7 +115,7 @@ class Dispatcher:
         for name, group in by_destination.items():
             try:
                 destination = self.settings.destination(name)
-            except Exception as exc:
+            except ConfigError as exc:  # a destination removed from settings.toml
                 results = [StoreResult(None, str(exc))] * len(group)
             else:
                 results = self._send(destination, group)

@@ -248,5 +248,3 @@ class Ingest:
                     series.generation += 1
             session.flush()
         return Accepted(identity, duplicate=False, origin=origin)
-
-

@@ -123,7 +123,7 @@ class JobQueue:
             if row is None or row.state != "running" or row.lease_owner != job.owner:
                 logger.warning("lost the lease of job %d; not recording its failure", job.id)
                 return
-            where = {
+            where: audit.Subject = {
                 "study_uid": job.study_uid,
                 "series_uid": job.series_uid,
                 "patient_id": job.patient_id,
@@ -175,7 +175,7 @@ class JobQueue:
                 .all()
             )
             for row in stale:
-                where = {"study_uid": row.study_uid, "series_uid": row.series_uid}
+                where: audit.Subject = {"study_uid": row.study_uid, "series_uid": row.series_uid}
                 owner = row.lease_owner or ""
                 row.lease_owner = None
                 row.lease_expires_at = None

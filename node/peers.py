@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from io import BytesIO
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +168,8 @@ def start_orthanc(
         "Plugins": [],
         "SaveJobs": False,
         "DicomModalities": {
-            name: [ae_title, LOOPBACK, port] for name, (ae_title, port) in (modalities or {}).items()
+            name: [ae_title, LOOPBACK, port]
+            for name, (ae_title, port) in (modalities or {}).items()
         },
     }
     cfg = workdir / "orthanc.json"
@@ -237,7 +238,9 @@ def node_settings_toml(
     return "\n".join(lines) + "\n"
 
 
-def start_node(config: Path, log: Path, port: int, http_port: int, timeout: float = 120.0) -> Process:
+def start_node(
+    config: Path, log: Path, port: int, http_port: int, timeout: float = 120.0
+) -> Process:
     """Start ``radnode serve`` with ``config`` and wait for its DICOM and HTTP ports."""
     cmd = [sys.executable, "-m", "node", "serve", "--config", str(config)]
     proc = _spawn(cmd, log)

@@ -147,7 +147,7 @@ class Processor:
     ) -> None:
         rule = self.settings.rule(job.rule)
         now = utcnow()
-        where = {
+        where: audit.Subject = {
             "study_uid": job.study_uid,
             "series_uid": job.series_uid,
             "patient_id": job.patient_id,

@@ -49,7 +49,9 @@ class Retention:
             )
             for series in candidates:
                 jobs = list(
-                    session.execute(select(Job).where(Job.series_uid == series.series_uid)).scalars()
+                    session.execute(
+                        select(Job).where(Job.series_uid == series.series_uid)
+                    ).scalars()
                 )
                 if any(j.state in _BUSY_JOBS for j in jobs):
                     continue

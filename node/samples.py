@@ -56,7 +56,7 @@ def make_series(
     frame_of_reference = generate_uid()
     rng = np.random.default_rng(seed)
     origin = [float(v) for v in template.get("ImagePositionPatient", [0.0, 0.0, 0.0])]
-    series = []
+    series: list[Dataset] = []
     for i in range(slices):
         ds = copy.deepcopy(template)
         ds.StudyInstanceUID = study_uid
@@ -82,9 +82,9 @@ def make_series(
             pixels += rng.normal(0.0, noise_hu / slope, pixels.shape)
             info = np.iinfo(ds.pixel_array.dtype)
             high = min(info.max, 2 ** int(ds.BitsStored) - 1) if info.min == 0 else info.max
-            ds.PixelData = np.clip(np.rint(pixels), info.min, high).astype(
-                ds.pixel_array.dtype
-            ).tobytes()
+            ds.PixelData = (
+                np.clip(np.rint(pixels), info.min, high).astype(ds.pixel_array.dtype).tobytes()
+            )
         series.append(ds)
     return series
 

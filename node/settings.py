@@ -240,7 +240,7 @@ def _match_value(keyword: str, value: object) -> object:
             raise ValueError(f"{keyword} = {value!r}: {problem}") from None
     raise ValueError(
         f"{keyword} = {value!r}: expected a value, a list of values, "
-        "{regex = \"...\"} or {min = ..., max = ...}"
+        '{regex = "..."} or {min = ..., max = ...}'
     )
 
 
@@ -280,7 +280,9 @@ class Settings(_Strict):
         for dest in self.destinations:
             if dest.name == name:
                 return dest
-        raise ConfigError(unknown_option_message("destination", name, [d.name for d in self.destinations]))
+        raise ConfigError(
+            unknown_option_message("destination", name, [d.name for d in self.destinations])
+        )
 
     def rule(self, name: str) -> Rule:
         """The rule called ``name``."""
@@ -302,7 +304,12 @@ class Settings(_Strict):
         key = key if key is None or key.is_absolute() else base / key
         cert = cert if cert is None or cert.is_absolute() else base / cert
         new_node = node.model_copy(
-            update={"data_dir": data_dir, "database_url": url, "signing_key": key, "signing_cert": cert}
+            update={
+                "data_dir": data_dir,
+                "database_url": url,
+                "signing_key": key,
+                "signing_cert": cert,
+            }
         )
         return self.model_copy(update={"node": new_node})
 
@@ -334,9 +341,9 @@ def _format_location(loc: Sequence[int | str]) -> str:
 def _lookup(data: Any, loc: Sequence[int | str]) -> object:
     value = data
     for part in loc:
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+        in_dict = isinstance(value, dict) and part in value
+        in_list = isinstance(value, list) and isinstance(part, int) and part < len(value)
+        if in_dict or in_list:
             value = value[part]
         else:
             continue

@@ -11,7 +11,7 @@ import difflib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,7 +30,7 @@ class WeightsError(PipelineError):
     """Model weights are missing or do not match their pinned SHA-256."""
 
 
-class MethodKind(str, Enum):
+class MethodKind(StrEnum):
     """How an output was produced; decides SyntheticData and equipment codes."""
 
     CLASSICAL = "classical"

@@ -96,7 +96,9 @@ class NodeRunner:
         return json.loads(body)
 
     def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("node-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.workdir.glob("node-*.log"))
+        )
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,25 +10,30 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from node.peers import LOOPBACK, Orthanc, free_port, run_tool, start_orthanc, wait_until
+from node.peers import LOOPBACK, Orthanc, run_tool, wait_until
 from node.samples import CT_128, make_series, write_series
 from tests.conftest import NodeRunner, ct_rule, pacs_destination
 
 pytestmark = pytest.mark.e2e
 
 
-def storescu(port: int, files: list[Path], aet: str = "SCANNER") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path], aet: str = "SCANNER"
+) -> subprocess.CompletedProcess[str]:
     """Send ``files`` to the node with dcmtk's storescu (one association)."""
-    return run_tool(["storescu", "-aet", aet, "-aec", "RADNODE", LOOPBACK, str(port), *map(str, files)])
+    return run_tool(
+        ["storescu", "-aet", aet, "-aec", "RADNODE", LOOPBACK, str(port), *map(str, files)]
+    )
 
 
 def enhanced_series(orthanc: Orthanc, study_uid: str, expected: int) -> dict[str, Any] | None:
     """The enhanced series in ``study_uid`` once it holds ``expected`` instances."""
     for series in orthanc.series_of_study(study_uid):
         tags = series["MainDicomTags"]
-        if str(tags.get("SeriesDescription", "")).startswith("AI ENHANCED") and len(
-            series["Instances"]
-        ) == expected:
+        if (
+            str(tags.get("SeriesDescription", "")).startswith("AI ENHANCED")
+            and len(series["Instances"]) == expected
+        ):
             return series
     return None
 
@@ -75,7 +79,13 @@ def test_ct_series_is_enhanced_and_delivered_to_the_source_study(
         60,
         "instances-sent audit record",
     )
-    for name in ("instances-received", "series-completed", "job-queued", "job-started", "job-succeeded"):
+    for name in (
+        "instances-received",
+        "series-completed",
+        "job-queued",
+        "job-started",
+        "job-succeeded",
+    ):
         assert name in events
     # The source study in Orthanc holds only the enhanced series (the source went to the node).
     assert len(orthanc.series_of_study(study_uid)) == 1
@@ -96,4 +106,3 @@ def test_bad_config_stops_start_up_naming_key_and_value(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "node.port = 70000" in proc.stderr
-    del json, free_port, start_orthanc

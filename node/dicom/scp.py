@@ -12,9 +12,11 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -76,13 +78,13 @@ class StorageSCP:
             ae.require_calling_aet = list(self.settings.allowed_calling_ae)
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
         return ae
 
     def start(self) -> None:
         """Listen on ``host:port`` in background threads."""
         ae = self._make_ae()
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -180,11 +182,11 @@ class StorageSCP:
         with self._lock:
             log = self._associations.get(id(event.assoc))
         try:
+            request = cast(C_STORE, event.request)
             ds = event.dataset
-            requested_uid = str(event.request.AffectedSOPInstanceUID)
-            accepted = self.ingest.accept(
-                ds, event.request.DataSet.getvalue(), event.file_meta, calling
-            )
+            requested_uid = str(request.AffectedSOPInstanceUID)
+            raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+            accepted = self.ingest.accept(ds, raw, event.file_meta, calling)
             if accepted.identity.sop_instance_uid != requested_uid:
                 # Stored anyway (it is a valid instance), but the peer is told.
                 logger.warning("SOP Instance UID in dataset differs from the request")
@@ -226,7 +228,7 @@ class StorageSCP:
                     actor=calling,
                     status=f"0x{code:04X}",
                     reason=reason,
-                    sop_class=str(event.request.AffectedSOPClassUID),
+                    sop_class=str(cast(C_STORE, event.request).AffectedSOPClassUID),
                 )
         except Exception:
             logger.exception("could not audit a refused C-STORE")

@@ -54,7 +54,9 @@ def send_files(
         ae.add_requested_context(sop_class, SEND_TRANSFER_SYNTAXES)
     assoc = ae.associate(host, port, ae_title=ae_title)
     if not assoc.is_established:
-        reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+        reason = (
+            "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
+        )
         raise DeliveryError(f"association with {ae_title}@{host}:{port} {reason}")
     results: list[StoreResult] = []
     try:

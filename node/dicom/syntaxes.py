@@ -1,17 +1,17 @@
 """Transfer syntaxes the node accepts and proposes (PS3.5 Annex A)."""
 
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLosslessSV1,
     JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
@@ -35,6 +35,7 @@ ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
     RLELossless,
 ]
 
-#: Proposed on send: outputs are written in Explicit VR Little Endian, the
-#: syntax their digital signatures are computed in.
-SEND_TRANSFER_SYNTAXES: list[UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+#: Proposed on send: outputs are written and sent in Explicit VR Little
+#: Endian only. Converted to Implicit VR, their private elements would reach
+#: the peer as UN and the digital signature would no longer verify.
+SEND_TRANSFER_SYNTAXES: list[UID] = [ExplicitVRLittleEndian]
