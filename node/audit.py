@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TypedDict
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from node.db import AuditHead, AuditRecord, utcnow
@@ -80,6 +80,7 @@ class Subject(TypedDict, total=False):
 
     study_uid: str
     series_uid: str
+    output_series_uid: str
     patient_id: str
 
 
@@ -102,6 +103,7 @@ def _digest(record: AuditRecord) -> str:
         "outcome": record.outcome,
         "study_uid": record.study_uid,
         "series_uid": record.series_uid,
+        "output_series_uid": record.output_series_uid,
         "patient_id": record.patient_id,
         "actor": record.actor,
         "detail": record.detail,
@@ -125,11 +127,16 @@ def record(
     outcome: Outcome = Outcome.SUCCESS,
     study_uid: str = "",
     series_uid: str = "",
+    output_series_uid: str = "",
     patient_id: str = "",
     actor: str = "",
     **detail: object,
 ) -> AuditRecord:
     """Append one event to the chain, inside the caller's transaction.
+
+    ``series_uid`` is the source series an event concerns; events about the
+    node's outputs also name the ``output_series_uid``, so a query by either
+    series finds them.
 
     The head row is locked (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite
     transactions are already exclusive), so concurrent writers, also in
@@ -149,6 +156,7 @@ def record(
         outcome=int(outcome),
         study_uid=study_uid,
         series_uid=series_uid,
+        output_series_uid=output_series_uid,
         patient_id=patient_id[:64],
         actor=actor[:128],
         detail=json.dumps(detail, sort_keys=True, default=str),
@@ -177,7 +185,9 @@ def query(
     if study_uid:
         stmt = stmt.where(AuditRecord.study_uid == study_uid)
     if series_uid:
-        stmt = stmt.where(AuditRecord.series_uid == series_uid)
+        stmt = stmt.where(
+            or_(AuditRecord.series_uid == series_uid, AuditRecord.output_series_uid == series_uid)
+        )
     if events:
         stmt = stmt.where(AuditRecord.event.in_(list(events)))
     if since is not None:
@@ -242,6 +252,7 @@ def as_dict(rec: AuditRecord) -> dict[str, object]:
         "outcome": rec.outcome,
         "study_uid": rec.study_uid,
         "series_uid": rec.series_uid,
+        "output_series_uid": rec.output_series_uid,
         "patient_id": rec.patient_id,
         "actor": rec.actor,
         "detail": json.loads(rec.detail),

@@ -35,6 +35,7 @@ class _Item:
     path: Path
     sop_class_uid: str
     study_uid: str
+    source_series_uid: str
     series_uid: str
     attempts: int
 
@@ -82,6 +83,7 @@ class Dispatcher:
                         self.data_dir / row.path,
                         row.sop_class_uid,
                         row.study_uid,
+                        row.source_series_uid,
                         row.series_uid,
                         row.attempts,
                     )
@@ -149,15 +151,16 @@ class Dispatcher:
 
     def _record(self, name: str, group: list[_Item], results: list[StoreResult]) -> None:
         now = utcnow()
-        sent: Counter[tuple[str, str]] = Counter()
-        retried: dict[tuple[str, str], tuple[int, str, float]] = {}
-        failed: dict[tuple[str, str], tuple[int, str]] = {}
+        # Keyed by (study, source series, output series).
+        sent: Counter[tuple[str, str, str]] = Counter()
+        retried: dict[tuple[str, str, str], tuple[int, str, float]] = {}
+        failed: dict[tuple[str, str, str], tuple[int, str]] = {}
         with self.db.session() as session:
             for item, result in zip(group, results, strict=True):
                 row = session.get(Delivery, item.id)
                 if row is None:
                     continue
-                key = (item.study_uid, item.series_uid)
+                key = (item.study_uid, item.source_series_uid, item.series_uid)
                 row.attempts += 1
                 row.last_status = result.status
                 row.last_error = result.error
@@ -177,45 +180,48 @@ class Dispatcher:
                     row.next_attempt_at = now + dt.timedelta(seconds=delay)
                     count, _, _ = retried.get(key, (0, "", 0.0))
                     retried[key] = (count + 1, why, delay)
-            for (study, series), count in sent.items():
+            for (study, source, output), count in sent.items():
                 audit.record(
                     session,
                     audit.AuditEvent.INSTANCES_SENT,
                     study_uid=study,
-                    series_uid=series,
+                    series_uid=source,
+                    output_series_uid=output,
                     actor=name,
                     destination=name,
                     instances=count,
                 )
-            for (study, series), (count, why, delay) in retried.items():
+            for (study, source, output), (count, why, delay) in retried.items():
                 audit.record(
                     session,
                     audit.AuditEvent.DELIVERY_RETRIED,
                     outcome=audit.Outcome.MINOR_FAILURE,
                     study_uid=study,
-                    series_uid=series,
+                    series_uid=source,
+                    output_series_uid=output,
                     actor=name,
                     destination=name,
                     instances=count,
                     error=why[:500],
                     retry_in_seconds=delay,
                 )
-            for (study, series), (count, why) in failed.items():
+            for (study, source, output), (count, why) in failed.items():
                 audit.record(
                     session,
                     audit.AuditEvent.DELIVERY_FAILED,
                     outcome=audit.Outcome.SERIOUS_FAILURE,
                     study_uid=study,
-                    series_uid=series,
+                    series_uid=source,
+                    output_series_uid=output,
                     actor=name,
                     destination=name,
                     instances=count,
                     error=why[:500],
                     attempts=self.delivery.max_attempts,
                 )
-        for (_, series), count in sent.items():
+        for (_, _, series), count in sent.items():
             logger.info("sent %d instance(s) to %s", count, name, extra={"series": series})
-        for (_, series), (count, why, delay) in retried.items():
+        for (_, _, series), (count, why, delay) in retried.items():
             logger.warning(
                 "%d instance(s) to %s failed (%s); retry in %.0f s",
                 count,

@@ -158,6 +158,7 @@ class Processor:
                 logger.warning("lost the lease of job %d; its outputs are not delivered", job.id)
                 return
             output_series = str(outputs[0].SeriesInstanceUID)
+            where["output_series_uid"] = output_series
             row.state = "succeeded"
             row.finished_at = now
             row.lease_owner = None
@@ -175,6 +176,7 @@ class Processor:
                             sop_instance_uid=str(ds.SOPInstanceUID),
                             sop_class_uid=str(ds.SOPClassUID),
                             study_uid=job.study_uid,
+                            source_series_uid=job.series_uid,
                             series_uid=output_series,
                             path=str(path.relative_to(self.outputs_dir.parent)),
                             state="pending",
@@ -190,7 +192,6 @@ class Processor:
                     outcome=audit.Outcome.MINOR_FAILURE,
                     **where,
                     job=job.id,
-                    output_series_uid=output_series,
                     flagged_slices=flagged,
                     note="flagged slices were passed through unchanged",
                 )
@@ -202,7 +203,6 @@ class Processor:
                 rule=job.rule,
                 pipeline=job.pipeline,
                 model_version=model_version,
-                output_series_uid=output_series,
                 outputs=len(outputs),
                 flagged=len(flagged),
                 destinations=json.dumps(rule.destinations),
