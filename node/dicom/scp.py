@@ -51,8 +51,9 @@ class _AssociationLog:
 
     calling_ae: str
     address: str
+    # Keyed by (study, series, patient).
     received: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    duplicates: int = 0
+    duplicates: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     rejected: int = 0
 
 
@@ -161,7 +162,8 @@ class StorageSCP:
             return
         # One record per series per association (DICOM Instances Transferred).
         with self.db.session() as session:
-            for (study, series, patient), count in log.received.items():
+            for key in dict.fromkeys([*log.received, *log.duplicates]):
+                study, series, patient = key
                 audit.record(
                     session,
                     audit.AuditEvent.INSTANCES_RECEIVED,
@@ -170,8 +172,8 @@ class StorageSCP:
                     patient_id=patient,
                     actor=log.calling_ae,
                     address=log.address,
-                    instances=count,
-                    duplicates=log.duplicates,
+                    instances=log.received[key],
+                    duplicates=log.duplicates[key],
                     aborted=event.event is evt.EVT_ABORTED,
                 )
 
@@ -202,10 +204,8 @@ class StorageSCP:
             )
         if log is not None:
             ident = accepted.identity
-            if accepted.duplicate:
-                log.duplicates += 1
-            else:
-                log.received[(ident.study_uid, ident.series_uid, ident.patient_id)] += 1
+            key = (ident.study_uid, ident.series_uid, ident.patient_id)
+            (log.duplicates if accepted.duplicate else log.received)[key] += 1
         return 0x0000
 
     def _reject(
