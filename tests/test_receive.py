@@ -197,9 +197,13 @@ def test_allowed_calling_ae_rejects_others_and_audits_it(
         extra_node={"allowed_calling_ae": ["SCANNER"]},
     )
     node_runner.start()
-    refused = run_tool(["echoscu", "-aet", "INTRUDER", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)])
+    refused = run_tool(
+        ["echoscu", "-aet", "INTRUDER", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)]
+    )
     assert refused.returncode != 0
-    allowed = run_tool(["echoscu", "-aet", "SCANNER", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)])
+    allowed = run_tool(
+        ["echoscu", "-aet", "SCANNER", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)]
+    )
     assert allowed.returncode == 0
     records = wait_until(
         lambda: node_runner.http("/audit?event=association-rejected"), 10, "rejection record"

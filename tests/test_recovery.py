@@ -1,0 +1,196 @@
+"""Crashes, restarts, an unreachable PACS, late instances, re-sends and loops, end to end."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from node.peers import LOOPBACK, Orthanc, free_port, run_tool, start_orthanc, wait_until
+from node.samples import CT_128, make_series, write_series
+from tests.conftest import NodeRunner, ct_rule, pacs_destination
+
+pytestmark = pytest.mark.e2e
+
+
+def storescu(port: int, files: list[Path]) -> None:
+    sent = run_tool(["storescu", "-aec", "RADNODE", LOOPBACK, str(port), *map(str, files)])
+    assert sent.returncode == 0, sent.stderr
+
+
+def enhanced(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
+    return [
+        s
+        for s in orthanc.series_of_study(study_uid)
+        if str(s["MainDicomTags"].get("SeriesDescription", "")).startswith("AI ENHANCED")
+    ]
+
+
+def wait_enhanced(
+    orthanc: Orthanc, study_uid: str, count: int, timeout: float = 120
+) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        found = enhanced(orthanc, study_uid)
+        return found[0] if len(found) == 1 and len(found[0]["Instances"]) == count else None
+
+    result: dict[str, Any] = wait_until(ready, timeout, f"one enhanced series of {count}")
+    return result
+
+
+def db_rows(runner: NodeRunner, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(runner.data_dir / "radnode.db") as conn:
+        return list(conn.execute(sql))
+
+
+def events(runner: NodeRunner, series_uid: str) -> list[str]:
+    return [r["event"] for r in runner.http(f"/audit?series={series_uid}")]
+
+
+def test_restart_mid_series_loses_nothing(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()], quiet_seconds=3)
+    node_runner.start()
+    series = make_series(CT_128, slices=4)
+    files = write_series(series, tmp_path / "in")
+    storescu(node_runner.port, files[:2])
+    node_runner.kill()  # SIGKILL: no chance to tidy up
+    node_runner.start()
+    storescu(node_runner.port, files[2:])
+    study = str(series[0].StudyInstanceUID)
+    found = wait_enhanced(orthanc, study, 4)
+    assert len(db_rows(node_runner, "SELECT * FROM instances")) == 4
+    sources = {
+        dcmread(orthanc.instance_file(i)).SourceImageSequence[0].ReferencedSOPInstanceUID
+        for i in found["Instances"]
+    }
+    assert sources == {str(ds.SOPInstanceUID) for ds in series}
+
+
+def test_pacs_down_at_first_and_node_killed_mid_delivery(
+    tmp_path: Path, node_runner: NodeRunner
+) -> None:
+    pacs_port, pacs_http = free_port(), free_port()
+    destination = {"name": "pacs", "ae_title": "ORTHANC", "host": LOOPBACK, "port": pacs_port}
+    node_runner.configure(
+        [destination],
+        [ct_rule()],
+        extra_tables={"delivery": {"backoff_initial_seconds": 0.5, "backoff_max_seconds": 1}},
+    )
+    node_runner.start()
+    series = make_series(CT_128, slices=3)
+    storescu(node_runner.port, write_series(series, tmp_path / "in"))
+    source = str(series[0].SeriesInstanceUID)
+    wait_until(lambda: "delivery-retried" in events(node_runner, source), 120, "a failed delivery")
+    node_runner.kill()
+    pending = db_rows(node_runner, "SELECT state FROM deliveries")
+    assert len(pending) == 3
+    assert {state for (state,) in pending} <= {"pending", "sending"}
+
+    orthanc = start_orthanc(tmp_path / "pacs", dicom_port=pacs_port, http_port=pacs_http)
+    try:
+        node_runner.start()
+        wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 3)
+        wait_until(lambda: "instances-sent" in events(node_runner, source), 30, "sent record")
+        assert {s for (s,) in db_rows(node_runner, "SELECT state FROM deliveries")} == {"sent"}
+    finally:
+        orthanc.stop()
+
+
+def test_delivery_gives_up_after_max_attempts_and_audits_it(
+    tmp_path: Path, node_runner: NodeRunner
+) -> None:
+    destination = {"name": "pacs", "ae_title": "ORTHANC", "host": LOOPBACK, "port": free_port()}
+    node_runner.configure(
+        [destination],
+        [ct_rule()],
+        extra_tables={"delivery": {"max_attempts": 2, "backoff_initial_seconds": 0.2}},
+    )
+    node_runner.start()
+    series = make_series(CT_128, slices=2)
+    storescu(node_runner.port, write_series(series, tmp_path / "in"))
+    source = str(series[0].SeriesInstanceUID)
+    wait_until(lambda: "delivery-failed" in events(node_runner, source), 120, "delivery-failed")
+    assert {s for (s,) in db_rows(node_runner, "SELECT state FROM deliveries")} == {"failed"}
+    failed = node_runner.http("/audit?event=delivery-failed")[0]
+    assert failed["outcome"] == 8
+    assert failed["detail"]["instances"] == 2
+
+
+def test_late_instance_reruns_and_replaces_outputs(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.start()
+    series = make_series(CT_128, slices=3)
+    files = write_series(series, tmp_path / "in")
+    study = str(series[0].StudyInstanceUID)
+    storescu(node_runner.port, files[:2])
+    first = wait_enhanced(orthanc, study, 2)
+    storescu(node_runner.port, files[2:])
+    second = wait_enhanced(orthanc, study, 3)
+    # Same output series; the two earlier outputs were replaced, not duplicated.
+    assert (
+        second["MainDicomTags"]["SeriesInstanceUID"] == first["MainDicomTags"]["SeriesInstanceUID"]
+    )
+    assert set(first["Instances"]) < set(second["Instances"])
+    generations = db_rows(node_runner, "SELECT generation, state FROM jobs ORDER BY id")
+    assert generations == [(1, "succeeded"), (2, "succeeded")]
+
+
+def test_same_series_sent_twice_gives_one_output_series(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.start()
+    series = make_series(CT_128, slices=2)
+    files = write_series(series, tmp_path / "in")
+    study = str(series[0].StudyInstanceUID)
+    storescu(node_runner.port, files)
+    first = wait_enhanced(orthanc, study, 2)
+    pixels = [dcmread(orthanc.instance_file(i)).PixelData for i in sorted(first["Instances"])]
+
+    # A second node (fresh index) runs the same job again: identical UIDs and pixels.
+    again = NodeRunner(tmp_path / "node2")
+    again.configure([pacs_destination(orthanc)], [ct_rule()])
+    again.start()
+    try:
+        storescu(again.port, files)
+        wait_until(
+            lambda: "instances-sent" in events(again, str(series[0].SeriesInstanceUID)),
+            120,
+            "re-send",
+        )
+    finally:
+        again.stop()
+    second = wait_enhanced(orthanc, study, 2)
+    assert second["ID"] == first["ID"]
+    assert [
+        dcmread(orthanc.instance_file(i)).PixelData for i in sorted(second["Instances"])
+    ] == pixels
+
+
+def test_outputs_sent_back_to_the_node_are_never_processed(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.start()
+    series = make_series(CT_128, slices=2)
+    storescu(node_runner.port, write_series(series, tmp_path / "in"))
+    found = wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 2)
+    # A PACS that forwards everything sends the outputs back.
+    back = tmp_path / "back"
+    back.mkdir()
+    paths = []
+    for instance in found["Instances"]:
+        path = back / f"{instance}.dcm"
+        path.write_bytes(orthanc.instance_file(instance).getvalue())
+        paths.append(path)
+    storescu(node_runner.port, paths)
+    output_uid = found["MainDicomTags"]["SeriesInstanceUID"]
+    wait_until(lambda: "series-ignored" in events(node_runner, output_uid), 30, "series-ignored")
+    assert db_rows(node_runner, f"SELECT * FROM jobs WHERE series_uid = '{output_uid}'") == []
+    assert len(enhanced(orthanc, str(series[0].StudyInstanceUID))) == 1
