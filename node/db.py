@@ -23,7 +23,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    insert,
+    select,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -195,7 +198,18 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     Base.metadata.create_all(engine)
+    _create_audit_head(engine)
     return engine
+
+
+def _create_audit_head(engine: Engine) -> None:
+    """The audit chain's head row exists before any writer locks it."""
+    try:
+        with engine.begin() as conn:
+            if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
+                conn.execute(insert(AuditHead).values(id=1, last_id=0, last_hash="0" * 64))
+    except IntegrityError:
+        pass  # another process created it at the same moment
 
 
 class Database:

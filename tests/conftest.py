@@ -124,3 +124,22 @@ def ct_rule(name: str = "low-dose-ct", **extra: Any) -> dict[str, Any]:
 def pacs_destination(orthanc: Orthanc) -> dict[str, Any]:
     """The Orthanc fixture as the destination ``pacs``."""
     return {"name": "pacs", "ae_title": orthanc.aet, "host": LOOPBACK, "port": orthanc.port}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty index: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.db'}"
+        return
+    import uuid
+
+    import psycopg
+
+    name = f"radnode_test_{uuid.uuid4().hex[:12]}"
+    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

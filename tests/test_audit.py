@@ -1,0 +1,135 @@
+"""The audit log: hash chain, tamper detection, queries and the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sqlalchemy import delete, text, update
+
+from node import audit
+from node.db import AuditRecord, Database, make_engine
+
+
+def filled(url: str, count: int = 6) -> Database:
+    db = Database(make_engine(url))
+    for i in range(count):
+        with db.session() as session:
+            audit.record(
+                session,
+                audit.AuditEvent.SERIES_COMPLETED,
+                study_uid="1.2.3",
+                series_uid=f"1.2.3.{i % 2}",
+                patient_id="P1",
+                instances=i,
+            )
+    return db
+
+
+def verify(db: Database) -> audit.ChainReport:
+    with db.session() as session:
+        return audit.verify_chain(session)
+
+
+def test_chain_is_intact_and_finds_an_edited_record(database_url: str) -> None:
+    db = filled(database_url)
+    assert verify(db) == audit.ChainReport(True, 6)
+    with db.session() as session:
+        session.execute(update(AuditRecord).where(AuditRecord.id == 3).values(patient_id="P2"))
+    report = verify(db)
+    assert not report.ok and report.first_broken_id == 3
+    assert "does not match its hash" in report.reason
+    db.close()
+
+
+def test_chain_finds_a_deleted_record_and_a_truncated_tail(database_url: str) -> None:
+    db = filled(database_url)
+    with db.session() as session:
+        session.execute(delete(AuditRecord).where(AuditRecord.id == 4))
+    assert verify(db).first_broken_id == 4
+    with db.session() as session:
+        session.execute(delete(AuditRecord).where(AuditRecord.id >= 4))
+    report = verify(db)
+    assert not report.ok and "head says 6" in report.reason
+    db.close()
+
+
+def test_concurrent_writers_extend_one_chain(database_url: str) -> None:
+    db = Database(make_engine(database_url))
+
+    def write(n: int) -> None:
+        for i in range(15):
+            with db.session() as session:
+                audit.record(session, audit.AuditEvent.JOB_QUEUED, series_uid=f"{n}.{i}")
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert verify(db) == audit.ChainReport(True, 60)
+    db.close()
+
+
+def test_query_filters(database_url: str) -> None:
+    db = filled(database_url)
+    with db.session() as session:
+        audit.record(
+            session, audit.AuditEvent.INSTANCES_SENT, series_uid="1.2.3.0", output_series_uid="9.9"
+        )
+        by_series = audit.query(session, series_uid="1.2.3.0")
+        by_output = audit.query(session, series_uid="9.9")
+        sent = audit.query(session, events=["instances-sent"])
+        future = audit.query(session, since=dt.datetime(2999, 1, 1))
+    assert len(by_series) == 4  # three completions and the send
+    assert [r.event for r in by_output] == ["instances-sent"]
+    assert len(sent) == 1 and future == []
+    db.close()
+
+
+def radnode(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_query_and_verify(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    filled(url).close()
+    cfg = tmp_path / "settings.toml"
+    cfg.write_text(f'[node]\ndatabase_url = "{url}"\ndata_dir = "{tmp_path}"\n')
+
+    table = radnode("audit", "--config", str(cfg), "--series", "1.2.3.1")
+    assert table.returncode == 0, table.stderr
+    assert "series-completed" in table.stdout and "(3 records)" in table.stdout
+
+    lines = radnode(
+        "audit", "--config", str(cfg), "--event", "series-completed", "--format", "json"
+    )
+    rows = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert len(rows) == 6 and rows[0]["detail"] == {"instances": 0}
+    assert rows[0]["code"].startswith("RADNODE")
+
+    until = radnode("audit", "--config", str(cfg), "--until", "2000-01-01", "--format", "json")
+    assert until.stdout == ""
+    bad = radnode("audit", "--config", str(cfg), "--event", "series-complete")
+    assert bad.returncode == 2 and "Did you mean 'series-completed'" in bad.stderr
+
+    ok = radnode("audit", "verify", "--config", str(cfg))
+    assert ok.returncode == 0 and "intact" in ok.stdout
+
+    db = Database(make_engine(url))
+    with db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit SET detail = '{\"instances\": 99}' WHERE id = 2"))
+    db.close()
+    broken = radnode("audit", "verify", "--config", str(cfg))
+    assert broken.returncode == 1
+    assert "BROKEN at record 2" in broken.stdout

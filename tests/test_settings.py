@@ -1,0 +1,136 @@
+"""Settings validation: every wrong value is named with its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node.errors import ConfigError
+from node.settings import (
+    DicomDestination,
+    FolderDestination,
+    RangeMatch,
+    RegexMatch,
+    config_path,
+    load_settings,
+    parse_settings,
+)
+from pipelines.registry import default_registry
+
+BASE: dict[str, Any] = {
+    "destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}],
+    "rules": [
+        {
+            "name": "ct",
+            "pipeline": "ct-denoise",
+            "destinations": ["pacs"],
+            "match": {"Modality": "CT"},
+        }
+    ],
+}
+
+
+def error_for(change: Any) -> str:
+    data = copy.deepcopy(BASE)
+    change(data)
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data, registry=default_registry())
+    return str(info.value)
+
+
+def test_shipped_settings_file_is_valid() -> None:
+    settings = load_settings(Path("settings.toml"), default_registry())
+    assert settings.node.ae_title == "RADNODE"
+    assert settings.node.port == 11112
+    assert settings.completion.quiet_seconds == 5
+    assert [r.pipeline for r in settings.rules] == ["ct-denoise", "mr-accel"]
+    assert settings.node.data_dir.is_absolute()
+
+
+def test_match_forms_are_typed() -> None:
+    data = copy.deepcopy(BASE)
+    data["rules"][0]["match"] = {
+        "Modality": ["CT", "PT"],
+        "SeriesDescription": {"regex": "(?i)low ?dose"},
+        "CTDIvol": {"max": 5},
+        "SliceThickness": 2.5,
+    }
+    data["destinations"].append({"type": "folder", "name": "share", "path": "/srv/out"})
+    settings = parse_settings(data, registry=default_registry())
+    match = settings.rules[0].match
+    assert isinstance(match["SeriesDescription"], RegexMatch)
+    assert isinstance(match["CTDIvol"], RangeMatch) and match["CTDIvol"].max == 5
+    assert isinstance(settings.destinations[0], DicomDestination)
+    assert isinstance(settings.destinations[1], FolderDestination)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["destinations"][0].update(port=70000), "destinations[0].port = 70000"),
+        (lambda d: d["destinations"][0].update(port=0), "destinations[0].port = 0"),
+        (
+            lambda d: d["rules"][0].update(pipeline="ct-denoize"),
+            "rules[0].pipeline = 'ct-denoize': Unknown pipeline 'ct-denoize'; known: ct-denoise, "
+            "mr-accel. Did you mean 'ct-denoise'?",
+        ),
+        (
+            lambda d: d["rules"][0].update(destinations=["pac"]),
+            "rules[0].destinations[0] = 'pac': Unknown destination 'pac'",
+        ),
+        (
+            lambda d: d["rules"][0]["match"].update(SeriesDescription={"regex": "(low"}),
+            "rules[0].match.SeriesDescription = {'regex': '(low'}: not a valid regular expression",
+        ),
+        (
+            lambda d: d["rules"][0]["match"].update(CTDIvol={"min": 9, "max": 5}),
+            "rules[0].match.CTDIvol = {'min': 9, 'max': 5}: min 9.0 is greater than max 5.0",
+        ),
+        (
+            lambda d: d["rules"][0]["match"].update(Modalty="CT"),
+            "rules[0].match.Modalty = 'CT': 'Modalty' is not a DICOM keyword",
+        ),
+        (
+            lambda d: d.update(node={"ae_title": "A_TITLE_FAR_TOO_LONG"}),
+            "node.ae_title = 'A_TITLE_FAR_TOO_LONG'",
+        ),
+        (lambda d: d.update(node={"prot": 1}), "node.prot: unknown key"),
+        (lambda d: d.update(node={"database_url": "mysql://x"}), "node.database_url = 'mysql://x'"),
+        (lambda d: d.update(completion={"quiet_seconds": 0}), "completion.quiet_seconds = 0"),
+        (lambda d: d["destinations"][0].update(type="ftp"), "destinations[0]"),
+        (
+            lambda d: d["destinations"].append(dict(d["destinations"][0])),
+            "destinations[1].name = 'pacs': duplicate destination name",
+        ),
+        (lambda d: d["rules"][0].update(output="jpeg"), "rules[0].output = 'jpeg'"),
+    ],
+)
+def test_errors_name_key_and_value(change: Any, expected: str) -> None:
+    assert expected in error_for(change)
+
+
+def test_config_path_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RADNODE_CONFIG", str(tmp_path / "site.toml"))
+    assert config_path() == tmp_path / "site.toml"
+    assert config_path("explicit.toml") == Path("explicit.toml")
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read settings file"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nport = 1")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_settings(bad)
+
+
+def test_relative_paths_follow_the_settings_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "site" / "settings.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('[node]\ndata_dir = "state"\ndatabase_url = "sqlite:///state/r.db"\n')
+    settings = load_settings(cfg)
+    assert settings.node.data_dir == cfg.parent / "state"
+    assert settings.node.database_url == f"sqlite:///{cfg.parent / 'state' / 'r.db'}"
