@@ -123,7 +123,7 @@ def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[node\nport = 1")
-    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_settings(bad)
 
 
