@@ -141,15 +141,26 @@ class Ingest:
         raw_dataset: bytes,
         file_meta: FileMetaDataset,
         calling_ae: str,
+        expected: tuple[str, str] | None = None,
     ) -> Accepted:
         """Validate, write durably, then index one instance.
 
         Returns only once the file is fsync'd and the index committed, so the
         caller may answer Success. A SOP Instance UID already indexed is not
-        stored again.
+        stored again. ``expected`` is the (SOP Class, SOP Instance) UID pair
+        of the C-STORE request, which the dataset must repeat (PS3.4 B.2.3).
         """
         ts = UID(str(file_meta.TransferSyntaxUID))
         identity = identify(ds, ts)
+        if expected is not None:
+            if identity.sop_class_uid != expected[0]:
+                raise InvalidInstanceError(
+                    f"SOP Class UID {identity.sop_class_uid} differs from the request's"
+                )
+            if identity.sop_instance_uid != expected[1]:
+                raise InvalidInstanceError(
+                    f"SOP Instance UID {identity.sop_instance_uid} differs from the request's"
+                )
         origin = "radnode" if self.is_own_output(ds) else "external"
         relative = self.spool.relative_path(
             identity.study_uid, identity.series_uid, identity.sop_instance_uid

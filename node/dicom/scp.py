@@ -20,6 +20,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
 
 from node import audit
 from node.db import Database
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -186,17 +186,20 @@ class StorageSCP:
         try:
             request = cast(C_STORE, event.request)
             ds = event.dataset
-            requested_uid = str(request.AffectedSOPInstanceUID)
             raw = request.DataSet.getvalue() if request.DataSet is not None else b""
-            accepted = self.ingest.accept(ds, raw, event.file_meta, calling)
-            if accepted.identity.sop_instance_uid != requested_uid:
-                # Stored anyway (it is a valid instance), but the peer is told.
-                logger.warning("SOP Instance UID in dataset differs from the request")
+            accepted = self.ingest.accept(
+                ds,
+                raw,
+                event.file_meta,
+                calling,
+                expected=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
+            )
         except InvalidInstanceError as exc:
             return self._reject(event, calling, log, DATASET_DOES_NOT_MATCH, str(exc))
-        except StorageError as exc:
-            logger.error("spool write failed: %s", exc)
-            return self._reject(event, calling, log, OUT_OF_RESOURCES, str(exc))
+        except (StorageError, SQLAlchemyError) as exc:
+            # Disk full, or the index unreachable: the peer may try again later.
+            logger.error("cannot store durably: %s", type(exc).__name__)
+            return self._reject(event, calling, log, OUT_OF_RESOURCES, f"cannot store: {exc}")
         except Exception as exc:
             logger.exception("C-STORE failed")
             return self._reject(
