@@ -136,7 +136,7 @@ class ApiServer:
 
     def _metrics(self) -> str:
         lines = []
-        with self.db.session() as session:
+        with self.db.read() as session:
             for name, model, column in (
                 ("radnode_series", Series, Series.state),
                 ("radnode_jobs", Job, Job.state),
@@ -154,7 +154,7 @@ class ApiServer:
         stmt = select(Job).order_by(Job.id.desc()).limit(limit)
         if "state" in query:
             stmt = stmt.where(Job.state == query["state"])
-        with self.db.session() as session:
+        with self.db.read() as session:
             rows = session.execute(stmt).scalars().all()
             return json.dumps(
                 [

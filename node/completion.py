@@ -48,6 +48,14 @@ class Completion:
         cutoff = now - dt.timedelta(seconds=self.settings.quiet_seconds)
         queued = 0
         completed = 0
+        with self.db.read() as session:
+            due_any = session.execute(
+                select(Series.series_uid)
+                .where(Series.state == "receiving", Series.last_received_at <= cutoff)
+                .limit(1)
+            ).first()
+        if due_any is None:
+            return 0
         with self.db.session() as session:
             due = (
                 session.execute(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
@@ -26,8 +27,10 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 UID = String(64)
@@ -185,6 +188,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
 
 
+def _sqlite_read_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
 def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -212,12 +222,33 @@ def _create_audit_head(engine: Engine) -> None:
         pass  # another process created it at the same moment
 
 
+def upsert(db: Database, table: Table) -> Any:
+    """An INSERT with ``on_conflict_do_nothing``/``_update`` for the index's dialect."""
+    if db.is_sqlite:
+        return sqlite_insert(table)
+    return postgresql_insert(table)
+
+
 class Database:
-    """The engine and a session factory, passed to every component."""
+    """The engines and session factories, passed to every component.
+
+    On SQLite, write transactions take the database lock at BEGIN
+    (``BEGIN IMMEDIATE``) while read-only ones use a second engine with plain
+    deferred transactions, so frequent polls for due work do not queue
+    behind (or hold up) the receiver's writes.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._factory = sessionmaker(engine, expire_on_commit=False)
+        reader = engine
+        if engine.dialect.name == "sqlite":
+            reader = create_engine(
+                engine.url, connect_args={"check_same_thread": False, "timeout": 30}
+            )
+            event.listen(reader, "connect", _sqlite_read_pragmas)
+        self.reader = reader
+        self._read_factory = sessionmaker(reader, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -230,6 +261,14 @@ class Database:
         with self._factory() as session, session.begin():
             yield session
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (never takes SQLite's write lock)."""
+        with self._read_factory() as session, session.begin():
+            yield session
+
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+        if self.reader is not self.engine:
+            self.reader.dispose()

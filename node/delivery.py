@@ -60,6 +60,14 @@ class Dispatcher:
         # The claim deadline outlasts a whole batch of timeouts; after it, a
         # crashed sender's rows are due again.
         deadline = now + dt.timedelta(seconds=self.delivery.timeout_seconds * 4 + 60)
+        with self.db.read() as session:
+            due_any = session.execute(
+                select(Delivery.id)
+                .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+                .limit(1)
+            ).first()
+        if due_any is None:
+            return []
         with self.db.session() as session:
             rows = (
                 session.execute(
@@ -93,6 +101,14 @@ class Dispatcher:
     def recover(self) -> int:
         """Give back deliveries whose sender died while sending them."""
         now = utcnow()
+        with self.db.read() as session:
+            stale_any = session.execute(
+                select(Delivery.id)
+                .where(Delivery.state == "sending", Delivery.next_attempt_at < now)
+                .limit(1)
+            ).first()
+        if stale_any is None:
+            return 0
         with self.db.session() as session:
             rows = (
                 session.execute(

@@ -9,15 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, case, update
 
-from node.db import Database, Instance, Series, utcnow
+from node.db import Database, Instance, Series, upsert, utcnow
 from node.errors import InvalidInstanceError
 from node.spool import Spool, check_uid
 
@@ -165,19 +166,15 @@ class Ingest:
         relative = self.spool.relative_path(
             identity.study_uid, identity.series_uid, identity.sop_instance_uid
         )
-        with self.db.session() as session:
-            if session.get(Instance, identity.sop_instance_uid) is not None:
-                return Accepted(identity, duplicate=True, origin=origin)
-        size = self.spool.write(relative, encode_file(file_meta, raw_dataset))
-        for attempt in range(2):
-            try:
-                return self._index(identity, relative, size, str(ts), calling_ae, origin)
-            except IntegrityError:
-                # Another association indexed the same instance or created the
-                # same series at the same moment; the retry sees its row.
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        # A file already in the spool is the first copy of this instance:
+        # keep it (the index below then reports the duplicate).
+        target = self.spool.path(relative)
+        size = (
+            target.stat().st_size
+            if target.exists()
+            else self.spool.write(relative, encode_file(file_meta, raw_dataset))
+        )
+        return self._index(identity, relative, size, str(ts), calling_ae, origin)
 
     def reindex_spool(self) -> int:
         """Index spooled files the index lacks (a crash between write and commit).
@@ -216,12 +213,14 @@ class Ingest:
         calling_ae: str,
         origin: str,
     ) -> Accepted:
+        # Core statements, not the ORM: this runs once per received instance.
         now = utcnow()
-        with self.db.session() as session:
-            if session.get(Instance, identity.sop_instance_uid) is not None:
-                return Accepted(identity, duplicate=True, origin=origin)
-            session.add(
-                Instance(
+        instances = cast(Table, Instance.__table__)
+        series = cast(Table, Series.__table__)
+        with self.db.engine.begin() as conn:
+            inserted = conn.execute(
+                upsert(self.db, instances)
+                .values(
                     sop_instance_uid=identity.sop_instance_uid,
                     sop_class_uid=identity.sop_class_uid,
                     study_uid=identity.study_uid,
@@ -232,11 +231,27 @@ class Ingest:
                     calling_ae=calling_ae,
                     received_at=now,
                 )
+                .on_conflict_do_nothing()
             )
-            series = session.get(Series, identity.series_uid, with_for_update=True)
-            if series is None:
-                session.add(
-                    Series(
+            if not inserted.rowcount:
+                return Accepted(identity, duplicate=True, origin=origin)
+            # A late instance of a completed series starts a new generation:
+            # completion runs again and its outputs replace the earlier ones.
+            late = series.c.state != "receiving"
+            updated = conn.execute(
+                update(series)
+                .where(series.c.series_uid == identity.series_uid)
+                .values(
+                    instance_count=series.c.instance_count + 1,
+                    last_received_at=now,
+                    generation=case((late, series.c.generation + 1), else_=series.c.generation),
+                    state="receiving",
+                )
+            )
+            if not updated.rowcount:
+                conn.execute(
+                    upsert(self.db, series)
+                    .values(
                         series_uid=identity.series_uid,
                         study_uid=identity.study_uid,
                         modality=identity.modality,
@@ -248,14 +263,12 @@ class Ingest:
                         first_received_at=now,
                         last_received_at=now,
                     )
+                    .on_conflict_do_update(
+                        index_elements=[series.c.series_uid],
+                        set_={
+                            "instance_count": series.c.instance_count + 1,
+                            "last_received_at": now,
+                        },
+                    )
                 )
-            else:
-                series.instance_count += 1
-                series.last_received_at = now
-                if series.state != "receiving":
-                    # A late instance: completion runs again for a new
-                    # generation, whose outputs replace the earlier ones.
-                    series.state = "receiving"
-                    series.generation += 1
-            session.flush()
         return Accepted(identity, duplicate=False, origin=origin)

@@ -64,6 +64,12 @@ class JobQueue:
     def claim(self, owner: str) -> ClaimedJob | None:
         """Take the oldest due queued job, or ``None`` when there is none."""
         now = utcnow()
+        with self.db.read() as session:
+            due_any = session.execute(
+                select(Job.id).where(Job.state == "queued", Job.not_before <= now).limit(1)
+            ).first()
+        if due_any is None:
+            return None
         with self.db.session() as session:
             job = session.execute(
                 select(Job)
@@ -164,6 +170,12 @@ class JobQueue:
         """Queue again the running jobs whose lease expired (their worker died)."""
         now = utcnow()
         recovered = 0
+        with self.db.read() as session:
+            stale_any = session.execute(
+                select(Job.id).where(Job.state == "running", Job.lease_expires_at < now).limit(1)
+            ).first()
+        if stale_any is None:
+            return 0
         with self.db.session() as session:
             stale = (
                 session.execute(

@@ -322,10 +322,17 @@ def _private_groups(ds: Dataset) -> list[int]:
 
 
 def has_private_block(ds: Dataset) -> bool:
-    """Whether ``ds`` holds a private block reserved by ``RADNODE 1``."""
-    return any(
-        elem.tag.is_private_creator and str(elem.value).strip() == PRIVATE_CREATOR for elem in ds
-    )
+    """Whether ``ds`` holds a private block reserved by ``RADNODE 1``.
+
+    Runs on every received instance (loop prevention), so it looks only at
+    the private creator tags (gggg,0010-00FF of odd groups) instead of
+    converting every element.
+    """
+    for tag in list(ds.keys()):
+        creator_slot = tag.group % 2 == 1 and 0x10 <= tag.element <= 0xFF
+        if creator_slot and str(ds[tag].value).strip() == PRIVATE_CREATOR:
+            return True
+    return False
 
 
 def names_radnode_equipment(ds: Dataset) -> bool:

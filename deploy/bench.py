@@ -1,0 +1,213 @@
+"""make bench: receive throughput against dcmtk and Orthanc, end-to-end latency, model speed.
+
+Sends the same CT series (default 300 slices of 512x512) with dcmtk's storescu,
+one association each time, to (a) dcmtk storescp, (b) Orthanc, (c) radnode,
+one after the other, for several rounds, and prints images/s (median over the
+rounds) and radnode's ratios to the two peers measured in the same run. Then
+it measures end-to-end latency on one series: last input instance
+acknowledged -> last output stored in Orthanc, with the quiet period stated.
+Finally the pipelines' own model timings. Results go to bench-out/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.peers import (
+    LOOPBACK,
+    Orthanc,
+    Process,
+    free_port,
+    node_settings_toml,
+    run_tool,
+    start_node,
+    start_orthanc,
+    start_storescp,
+    wait_until,
+)
+from node.samples import CT_512, make_series, write_series
+
+
+def send(port: int, folder: Path, aec: str) -> float:
+    """Seconds storescu takes to send every file in ``folder`` over one association."""
+    started = time.perf_counter()
+    result = run_tool(["storescu", "-aec", aec, "+sd", "+r", LOOPBACK, str(port), str(folder)])
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu to {aec} failed: {result.stderr[-500:]}")
+    return elapsed
+
+
+def node_config(workdir: Path, port: int, http_port: int, orthanc: Orthanc, quiet: float) -> Path:
+    """Settings for a benchmark node delivering CT outputs to ``orthanc``."""
+    config = workdir / "settings.toml"
+    config.write_text(
+        node_settings_toml(
+            workdir,
+            port,
+            http_port,
+            [{"name": "pacs", "ae_title": orthanc.aet, "host": LOOPBACK, "port": orthanc.port}],
+            [
+                {
+                    "name": "ct",
+                    "pipeline": "ct-denoise",
+                    "destinations": ["pacs"],
+                    "match": {"Modality": "CT"},
+                }
+            ],
+            quiet_seconds=quiet,
+        )
+    )
+    return config
+
+
+def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) -> dict[str, Any]:
+    """Images/s of storescp, Orthanc and radnode on the same files, interleaved."""
+    results: dict[str, list[float]] = {"storescp": [], "orthanc": [], "radnode": []}
+    for r in range(rounds):
+        folder = series_folders[r]
+        peers: list[tuple[str, Callable[[Path], Process], str]] = [
+            ("storescp", start_storescp, "STORESCP"),
+            ("orthanc", start_orthanc, "ORTHANC"),
+        ]
+        for name, start, aec in peers:
+            peer = start(out / f"{name}-{r}")
+            try:
+                results[name].append(slices / send(peer.port, folder, aec))
+            finally:
+                peer.stop()
+        # radnode: a long quiet period so no processing overlaps the receive.
+        pacs = start_orthanc(out / f"pacs-{r}")
+        port, http_port = free_port(), free_port()
+        workdir = out / f"radnode-{r}"
+        workdir.mkdir(parents=True)
+        node = start_node(
+            node_config(workdir, port, http_port, pacs, 3600), workdir / "node.log", port, http_port
+        )
+        try:
+            results["radnode"].append(slices / send(port, folder, "RADNODE"))
+        finally:
+            node.stop()
+            pacs.stop()
+        print(
+            f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in results.items()),
+            flush=True,
+        )
+    median = {k: statistics.median(v) for k, v in results.items()}
+    return {
+        "images_per_second": median,
+        "rounds": results,
+        "radnode_vs_orthanc": median["radnode"] / median["orthanc"],
+        "radnode_vs_storescp": median["radnode"] / median["storescp"],
+    }
+
+
+def latency(out: Path, folder: Path, slices: int, quiet: float) -> dict[str, float]:
+    """Last input acknowledged -> last output stored in Orthanc, for one series."""
+    pacs = start_orthanc(out / "latency-pacs")
+    port, http_port = free_port(), free_port()
+    workdir = out / "latency-node"
+    workdir.mkdir(parents=True)
+    node = start_node(
+        node_config(workdir, port, http_port, pacs, quiet), workdir / "node.log", port, http_port
+    )
+    try:
+        send(port, folder, "RADNODE")
+        acknowledged = time.perf_counter()
+
+        def stored() -> bool:
+            return any(
+                str(s["MainDicomTags"].get("SeriesDescription", "")).startswith("AI ENHANCED")
+                and len(s["Instances"]) == slices
+                for study in pacs.rest("/studies")
+                for s in pacs.rest(f"/studies/{study}/series?expand")
+            )
+
+        wait_until(stored, 3600, "all outputs in Orthanc", interval=0.2)
+        total = time.perf_counter() - acknowledged
+    finally:
+        node.stop()
+        pacs.stop()
+    return {
+        "quiet_seconds": quiet,
+        "end_to_end_seconds": total,
+        "after_quiet_seconds": total - quiet,
+        "per_slice_ms_after_quiet": 1000 * (total - quiet) / slices,
+    }
+
+
+def model_speed() -> dict[str, Any]:
+    """The pipelines' own timings (model alone and whole pipeline per slice)."""
+    from pipelines.ct_denoise.bench import benchmark as ct_benchmark
+    from pipelines.ct_denoise.bench import describe as ct_describe
+    from pipelines.mr_accel.bench import benchmark as mr_benchmark
+
+    return {
+        "ct-denoise": {"backend": ct_describe(), **ct_benchmark()},
+        "mr-accel": mr_benchmark(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quiet", type=float, default=2.0, help="quiet_seconds for latency")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--skip-models", action="store_true")
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    print(f"making {args.rounds + 1} series of {args.slices} CT slices (512x512) ...", flush=True)
+    folders = []
+    for r in range(args.rounds + 1):
+        folder = out / f"input-{r}"
+        write_series(make_series(CT_512, slices=args.slices), folder)
+        folders.append(folder)
+
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "slices": args.slices,
+        "receive": throughput(out, folders[:-1], args.rounds, args.slices),
+        "latency": latency(out, folders[-1], args.slices, args.quiet),
+    }
+    if not args.skip_models:
+        report["models"] = model_speed()
+    recv = report["receive"]
+    ips = recv["images_per_second"]
+    print()
+    print(
+        f"receive, {args.slices} CT slices 512x512, storescu, one association"
+        f" (median of {args.rounds}):"
+    )
+    print(f"  dcmtk storescp  {ips['storescp']:7.1f} img/s")
+    print(f"  Orthanc         {ips['orthanc']:7.1f} img/s")
+    print(f"  radnode         {ips['radnode']:7.1f} img/s  (durable write + index + audit)")
+    print(f"  radnode / Orthanc   = {recv['radnode_vs_orthanc']:.2f}  (target >= 1.5)")
+    print(f"  radnode / storescp  = {recv['radnode_vs_storescp']:.2f}  (target >= 0.5)")
+    lat = report["latency"]
+    print(
+        f"end-to-end latency (last input acknowledged -> last output in Orthanc): "
+        f"{lat['end_to_end_seconds']:.1f} s with quiet_seconds = {lat['quiet_seconds']:g}"
+        f" ({lat['per_slice_ms_after_quiet']:.0f} ms per slice after the quiet period)"
+    )
+    for name, timings in report.get("models", {}).items():
+        print(f"{name}: " + ", ".join(f"{k} = {v}" for k, v in timings.items()))
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    print(f"\nfull results: {out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
