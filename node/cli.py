@@ -131,22 +131,22 @@ def _print_table(rows: list[dict[str, object]]) -> None:
     print(f"({len(table)} records)")
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _verify(rest: Sequence[str]) -> int:
     from node.verify import main as verify_main
 
-    return verify_main(args.rest)
+    return verify_main(rest)
 
 
-def _pipeline_command(args: argparse.Namespace, which: str) -> int:
+def _pipeline_command(which: str, pipeline: str, rest: Sequence[str]) -> int:
     from pipelines.registry import default_registry
 
-    entry = default_registry().entry(args.pipeline)
+    entry = default_registry().entry(pipeline)
     command = entry.train if which == "train" else entry.evaluate
     if command is None:
-        print(f"pipeline {args.pipeline!r} has no {which} command", file=sys.stderr)
+        print(f"pipeline {pipeline!r} has no {which} command", file=sys.stderr)
         return 2
     _configure_logging(False)
-    return command(args.rest)
+    return command(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,21 +174,28 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--format", choices=["table", "json"], default="table")
     aud.set_defaults(func=_cmd_audit)
 
-    ver = sub.add_parser("verify", help="check outputs' signatures and provenance", add_help=False)
-    ver.add_argument("rest", nargs=argparse.REMAINDER)
-    ver.set_defaults(func=_cmd_verify)
-
+    # These hand their own arguments to the command they wrap (see main).
+    sub.add_parser("verify", help="check outputs' signatures and provenance (FILE... --help)")
     for which in ("train", "evaluate"):
-        cmd = sub.add_parser(which, help=f"{which} a pipeline's model", add_help=False)
-        cmd.add_argument("pipeline")
-        cmd.add_argument("rest", nargs=argparse.REMAINDER)
-        cmd.set_defaults(func=lambda a, w=which: _pipeline_command(a, w))
+        cmd = sub.add_parser(which, help=f"{which} a pipeline's model (PIPELINE --help)")
+        cmd.add_argument("pipeline", help="a registered pipeline, e.g. ct-denoise or mr-accel")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``radnode``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["verify"]:
+            return _verify(argv[1:])
+        if argv[:1] in (["train"], ["evaluate"]) and len(argv) > 1 and not argv[1].startswith("-"):
+            return _pipeline_command(argv[0], argv[1], argv[2:])
+    except (ConfigError, PipelineError) as exc:
+        print(f"radnode: {exc}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
+    if args.command in ("verify", "train", "evaluate"):
+        build_parser().parse_args([args.command, "--help"])
     try:
         code: int = args.func(args)
     except (ConfigError, PipelineError) as exc:
