@@ -33,7 +33,7 @@ def test_derived_labelled_output_sits_next_to_its_source_signed_and_verifiable(
 
     def both() -> list[dict[str, object]] | None:
         found = orthanc.series_of_study(study)
-        ready = len(found) == 2 and all(len(s["Instances"]) == 3 for s in found)  # type: ignore[arg-type]
+        ready = len(found) == 2 and all(len(s["Instances"]) == 3 for s in found)
         return found if ready else None
 
     found = wait_until(both, 120, "source and enhanced series in one study")
