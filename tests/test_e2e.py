@@ -44,9 +44,11 @@ def audit_events(runner: NodeRunner, series_uid: str) -> list[str]:
 
 
 def test_ct_series_is_enhanced_and_delivered_to_the_source_study(
-    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner, database_url: str
 ) -> None:
-    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.configure(
+        [pacs_destination(orthanc)], [ct_rule()], extra_node={"database_url": database_url}
+    )
     node_runner.start()
     series = make_series(CT_128, slices=4, series_description="LOW DOSE ABD", noise_hu=20)
     files = write_series(series, tmp_path / "in")
