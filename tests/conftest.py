@@ -87,10 +87,13 @@ class NodeRunner:
             self.process.kill()
             self.process = None
 
-    def http(self, path: str) -> Any:
+    def http_text(self, path: str) -> str:
         url = f"http://{LOOPBACK}:{self.http_port}{path}"
         with urllib.request.urlopen(url, timeout=30) as rsp:
-            body = rsp.read().decode()
+            return str(rsp.read().decode())
+
+    def http(self, path: str) -> Any:
+        body = self.http_text(path)
         if path.startswith("/audit"):
             return [json.loads(line) for line in body.splitlines() if line]
         return json.loads(body)

@@ -92,6 +92,20 @@ def test_ct_series_is_enhanced_and_delivered_to_the_source_study(
     # The source study in Orthanc holds only the enhanced series (the source went to the node).
     assert len(orthanc.series_of_study(study_uid)) == 1
 
+    assert node_runner.http("/health") | {"version": ""} == {
+        "status": "ok",
+        "database": True,
+        "dicom": True,
+        "version": "",
+    }
+    jobs = node_runner.http("/jobs")
+    assert [(j["state"], j["outputs"], j["pipeline"]) for j in jobs] == [
+        ("succeeded", 4, "ct-denoise")
+    ]
+    metrics = node_runner.http_text("/metrics")
+    assert 'radnode_jobs{state="succeeded"} 1' in metrics
+    assert 'radnode_deliveries{state="sent"} 4' in metrics
+
 
 def test_bad_config_stops_start_up_naming_key_and_value(tmp_path: Path) -> None:
     config = tmp_path / "settings.toml"
