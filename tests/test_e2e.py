@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,10 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from node.peers import LOOPBACK, Orthanc, run_tool, wait_until
-from node.samples import CT_128, make_series, write_series
+from node.samples import CT_128, make_series, source_path, write_series
 from tests.conftest import NodeRunner, ct_rule, pacs_destination
 
 pytestmark = pytest.mark.e2e
@@ -122,3 +124,32 @@ def test_bad_config_stops_start_up_naming_key_and_value(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "node.port = 70000" in proc.stderr
+
+
+def test_jpeg2000_series_is_decoded_processed_and_delivered(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.start()
+    template = dcmread(source_path("693_J2KR.dcm"))
+    study_uid, series_uid = generate_uid(), generate_uid()
+    files = []
+    for i in range(2):
+        ds = copy.deepcopy(template)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * i]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    sent = run_tool(
+        ["storescu", "-xv", "-aec", "RADNODE", LOOPBACK, str(node_runner.port), *map(str, files)]
+    )
+    assert sent.returncode == 0, sent.stderr
+    found = wait_until(lambda: enhanced_series(orthanc, study_uid, 2), 180, "enhanced series")
+    out = dcmread(orthanc.instance_file(found["Instances"][0]))
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert out.pixel_array.shape == (512, 512)
