@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from node import __version__, audit
+from node.db import Database
 from node.errors import ConfigError
 from node.settings import Settings, config_path, load_settings
 from pipelines.base import PipelineError
@@ -38,20 +39,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(_settings(args.config))
 
 
-def _audit_db(args: argparse.Namespace) -> tuple[Settings, object]:
-    from node.db import Database, make_engine
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from node.db import make_engine
 
     settings = _settings(args.config, with_registry=False)
-    return settings, Database(make_engine(settings.node.database_url))
+    db = Database(make_engine(settings.node.database_url))
+    try:
+        return _audit(args, db)
+    finally:
+        db.close()
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
+def _audit(args: argparse.Namespace, db: Database) -> int:
     from node.api import parse_time
-    from node.db import Database
 
-    settings, db_obj = _audit_db(args)
-    assert isinstance(db_obj, Database)
-    db = db_obj
     if args.action == "verify":
         with db.session() as session:
             report = audit.verify_chain(session)
@@ -102,7 +103,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         return 0
     _print_table(rows)
-    del settings
     return 0
 
 
