@@ -114,9 +114,12 @@ def derivation_description(
     else:
         method = "classical image processing, no trained model"
     text = (
-        f"radnode {__version__} pipeline {pipeline}: {model.name} version {model.version}, "
-        f"{method}. {result.description}".strip()
+        f"radnode {__version__} pipeline {pipeline}: "
+        f"{model.name} version {model.version}, {method}."
     )
+    # The pipeline's own description, unless it only repeats the model's name.
+    if result.description and model.name not in result.description:
+        text += f" {result.description.strip()}"
     if qa is not None and not qa.passed:
         reasons = "; ".join(qa.reasons) or "no reason given"
         text += f" This slice failed the QA gate ({reasons}); its input is passed through."
