@@ -163,7 +163,7 @@ def build_node(settings: Settings) -> Node:
     )
     # Jobs that a dead process on this host held are not waited for.
     queue.release_dead_local(socket.gethostname())
-    scp = StorageSCP(settings.node, db, ingest)
+    scp = StorageSCP(settings.node, db, ingest, spool)
     api = (
         ApiServer(settings.node.host, settings.node.http_port, db, scp)
         if settings.node.http_port

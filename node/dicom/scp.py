@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -18,16 +19,22 @@ from pydicom import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from node import audit
 from node.db import Database
+from node.dicom.query import QueryError, find
 from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.errors import InvalidInstanceError, StorageError
 from node.ingest import Ingest
 from node.settings import NodeSettings
+from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +42,9 @@ logger = logging.getLogger(__name__)
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+# C-FIND failure statuses (PS3.4 Table C.4-1).
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -60,10 +70,11 @@ class _AssociationLog:
 class StorageSCP:
     """The node's listening AE: C-ECHO and C-STORE for every storage SOP class."""
 
-    def __init__(self, settings: NodeSettings, db: Database, ingest: Ingest) -> None:
+    def __init__(self, settings: NodeSettings, db: Database, ingest: Ingest, spool: Spool) -> None:
         self.settings = settings
         self.db = db
         self.ingest = ingest
+        self.spool = spool
         self._server: ThreadedAssociationServer | None = None
         self._lock = threading.Lock()
         self._associations: dict[int, _AssociationLog] = {}
@@ -78,6 +89,8 @@ class StorageSCP:
         if self.settings.allowed_calling_ae:
             ae.require_calling_aet = list(self.settings.allowed_calling_ae)
         ae.add_supported_context(Verification)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(str(cx.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
         return ae
@@ -88,6 +101,7 @@ class StorageSCP:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_ended),
@@ -176,6 +190,32 @@ class StorageSCP:
                     duplicates=log.duplicates[key],
                     aborted=event.event is evt.EVT_ABORTED,
                 )
+
+    # -- C-FIND -----------------------------------------------------------------
+
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        try:
+            identifier = event.identifier
+            level = str(identifier.get("QueryRetrieveLevel", ""))
+            matches = list(find(self.db, self.spool, identifier))
+        except QueryError as exc:
+            logger.warning("C-FIND from %s refused: %s", calling, exc)
+            yield _status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+            return
+        except Exception as exc:
+            logger.exception("C-FIND failed")
+            yield _status(UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
+            return
+        with self.db.session() as session:
+            audit.record(
+                session, audit.AuditEvent.QUERY, actor=calling, level=level, results=len(matches)
+            )
+        for response in matches:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, response
 
     # -- C-STORE ----------------------------------------------------------------
 
