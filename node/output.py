@@ -26,9 +26,15 @@ import pydicom
 from highdicom.sc import SCImage
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from node import MANUFACTURER, __version__, imaging
+from node import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    MANUFACTURER,
+    __version__,
+    imaging,
+)
 from node import provenance as prov
 from node.errors import JobError
 from pipelines.base import Result, SliceQA
@@ -500,8 +506,8 @@ def _common(
     meta.MediaStorageSOPClassUID = out.SOPClassUID
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"RADNODE_{__version__}"[:16]
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     out.file_meta = meta
 
 

@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from node import audit
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit
 from node.db import Database
 from node.dicom.query import QueryError, find
 from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
@@ -81,6 +81,8 @@ class StorageSCP:
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = 32
         ae.network_timeout = 60

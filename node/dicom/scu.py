@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pynetdicom import AE
 
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.dicom.syntaxes import SEND_TRANSFER_SYNTAXES
 from node.errors import DeliveryError
 
@@ -46,6 +47,8 @@ def send_files(
         When the association cannot be established (peer down, rejected).
     """
     ae = AE(ae_title=calling_ae)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
