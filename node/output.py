@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,9 @@ class OutputOptions:
         sorts next to its source in the viewer.
     description_marker
         Prefix of Series Description and the banner text.
+    uid_root
+        The site's UID root (ending in a dot) for output UIDs; ``None``
+        gives UUID-derived UIDs under 2.25 (PS3.5 B.2).
     """
 
     kind: OutputKind = "secondary-capture"
@@ -156,6 +160,7 @@ class OutputOptions:
     content_qualification: Literal["RESEARCH", "PRODUCT"] = "RESEARCH"
     series_number_offset: int = 1000
     description_marker: str = "AI ENHANCED"
+    uid_root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,12 +179,14 @@ def output_uids(
     model_version: str,
     *,
     variant: str = "",
+    root: str | None = None,
 ) -> tuple[str, list[str]]:
     """Deterministic Series and SOP Instance UIDs of a job's outputs.
 
-    Each UID is pydicom's ``generate_uid`` with entropy sources: its root
-    followed by a number taken from a SHA-512 of the source UIDs, the pipeline
-    name and the model version (at most 64 characters, PS3.5 9.1). Running a
+    Each UID is pydicom's ``generate_uid`` with entropy sources: ``root``
+    (the site's UID root, or 2.25 when ``None``) followed by a number taken
+    from a SHA-512 of the source UIDs, the pipeline name and the model
+    version (at most 64 characters, PS3.5 9.1). Running a
     job again thus replaces its result in the PACS instead of duplicating it,
     while another pipeline or model version gives a new series.
 
@@ -206,9 +213,25 @@ def output_uids(
     base = ["radnode", source_series_uid, pipeline, model_version]
     if variant:
         base.append(variant)
-    series_uid = generate_uid(entropy_srcs=[*base, "series"])
-    sop_uids = [generate_uid(entropy_srcs=[*base, "instance", uid]) for uid in source_sop_uids]
+    series_uid = _derived_uid(root, [*base, "series"])
+    sop_uids = [_derived_uid(root, [*base, "instance", uid]) for uid in source_sop_uids]
     return str(series_uid), [str(u) for u in sop_uids]
+
+
+#: Namespace of radnode's name-based (version 5) UUIDs.
+_UUID_NAMESPACE = uuid.UUID("5d0c2f0e-6f1b-5a55-9a37-7261646e6f64")
+
+
+def _derived_uid(root: str | None, parts: Sequence[str]) -> str:
+    """A UID that depends only on ``parts``: under ``root``, or 2.25 + UUIDv5.
+
+    pydicom's ``generate_uid`` draws a random UUID when no prefix is given,
+    so the 2.25 form (PS3.5 B.2) is built here from a name-based UUID.
+    """
+    if root is None:
+        name = "\x1f".join(str(p) for p in parts)
+        return f"2.25.{uuid.uuid5(_UUID_NAMESPACE, name).int}"
+    return str(generate_uid(prefix=root, entropy_srcs=[str(p) for p in parts]))
 
 
 def build_outputs(
@@ -267,6 +290,7 @@ def build_outputs(
         ctx.pipeline,
         result.model.version,
         variant="" if options.kind == "secondary-capture" else options.kind,
+        root=options.uid_root,
     )
     stored = [imaging.to_stored(voxels[i], src) for i, src in enumerate(sources)]
     if options.label:

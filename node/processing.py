@@ -130,6 +130,7 @@ class Processor:
             content_qualification=self.settings.node.content_qualification,
             series_number_offset=rule.series_number_offset,
             description_marker=rule.description_marker,
+            uid_root=self.settings.node.uid_root,
         )
         context = JobContext(job_id=job.id, rule=rule.name, pipeline=rule.pipeline)
         outputs = build_outputs(ordered, result, context, options)

@@ -65,6 +65,20 @@ class NodeSettings(_Strict):
     max_pdu: Annotated[int, Field(ge=0)] = 0
     signing_key: Path | None = None
     signing_cert: Path | None = None
+    uid_root: str | None = None
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, value: str | None) -> str | None:
+        # generate_uid appends up to 39 digits; the whole UID must fit 64.
+        if value is not None and (
+            not re.match(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$", value) or len(value) > 24
+        ):
+            raise ValueError(
+                f"{value!r} is not a UID root "
+                "(digits and dots, ending in a dot, at most 24 characters)"
+            )
+        return value
 
     @field_validator("ae_title")
     @classmethod

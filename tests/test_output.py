@@ -486,3 +486,11 @@ def test_no_pixel_spacing_is_invented(sources: list[Dataset], kind: str) -> None
     options = OutputOptions(kind=kind)  # type: ignore[arg-type]
     outputs = build_outputs(sources, make_result(sources), CTX, options)
     assert not any("PixelSpacing" in out for out in outputs)
+
+
+def test_output_uids_use_the_site_root_or_2_25() -> None:
+    default, _ = output_uids("1.2.3", ["1.2.3.4"], "ct-denoise", "v1")
+    site, sops = output_uids("1.2.3", ["1.2.3.4"], "ct-denoise", "v1", root="1.2.840.99999.")
+    assert default.startswith("2.25.")
+    assert site.startswith("1.2.840.99999.") and sops[0].startswith("1.2.840.99999.")
+    assert len(site) <= 64 and site != sops[0]

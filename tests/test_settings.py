@@ -106,6 +106,10 @@ def test_match_forms_are_typed() -> None:
             "destinations[1].name = 'pacs': duplicate destination name",
         ),
         (lambda d: d["rules"][0].update(output="jpeg"), "rules[0].output = 'jpeg'"),
+        (
+            lambda d: d.update(node={"uid_root": "1.2.x."}),
+            "node.uid_root = '1.2.x.': '1.2.x.' is not a UID root",
+        ),
     ],
 )
 def test_errors_name_key_and_value(change: Any, expected: str) -> None:
