@@ -21,6 +21,7 @@ from sqlalchemy import select
 from node import audit
 from node.db import Database, Delivery, utcnow
 from node.dicom.scu import StoreResult, send_files
+from node.dicom.tls import client_context
 from node.errors import ConfigError, DeliveryError, StorageError
 from node.settings import DeliverySettings, DicomDestination, FolderDestination, Settings
 from node.spool import write_atomic
@@ -154,6 +155,11 @@ class Dispatcher:
                     results.append(StoreResult(None, str(exc)))
             return results
         try:
+            tls = (
+                client_context(destination.tls_ca, destination.tls_cert, destination.tls_key)
+                if destination.tls
+                else None
+            )
             return send_files(
                 calling_ae=destination.calling_ae_title or self.settings.node.ae_title,
                 ae_title=destination.ae_title,
@@ -161,8 +167,9 @@ class Dispatcher:
                 port=destination.port,
                 files=[(item.path, item.sop_class_uid) for item in group],
                 timeout=self.delivery.timeout_seconds,
+                tls=tls,
             )
-        except DeliveryError as exc:
+        except (DeliveryError, ConfigError) as exc:
             return [StoreResult(None, str(exc))] * len(group)
 
     def _record(self, name: str, group: list[_Item], results: list[StoreResult]) -> None:

@@ -50,6 +50,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Strict):
+    """The ``[node.tls]`` table: a second, TLS-protected DICOM port."""
+
+    port: Port
+    cert: Path
+    key: Path
+    ca: Path | None = None  # when set, callers must present a certificate it issued
+
+
 class NodeSettings(_Strict):
     """The ``[node]`` table: identity, network, storage."""
 
@@ -66,6 +75,7 @@ class NodeSettings(_Strict):
     signing_key: Path | None = None
     signing_cert: Path | None = None
     uid_root: str | None = None
+    tls: TlsSettings | None = None
 
     @field_validator("uid_root")
     @classmethod
@@ -104,6 +114,8 @@ class NodeSettings(_Strict):
     def _key_pair(self) -> NodeSettings:
         if (self.signing_key is None) != (self.signing_cert is None):
             raise ValueError("signing_key and signing_cert must be given together")
+        if self.tls is not None and self.tls.port == self.port:
+            raise ValueError(f"tls.port {self.tls.port} is the same as port")
         return self
 
 
@@ -145,6 +157,16 @@ class DicomDestination(_Strict):
     host: str
     port: Port
     calling_ae_title: str | None = None
+    tls: bool = False
+    tls_ca: Path | None = None  # verify the peer against this CA (else the system store)
+    tls_cert: Path | None = None  # client certificate, when the peer asks for one
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> DicomDestination:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
 
     @field_validator("ae_title", "calling_ae_title")
     @classmethod
@@ -306,29 +328,54 @@ class Settings(_Strict):
         raise ConfigError(unknown_option_message("rule", name, [r.name for r in self.rules]))
 
     def resolve_paths(self, base: Path) -> Settings:
-        """Make relative paths (data_dir, SQLite file, keys) relative to ``base``."""
+        """Make relative paths (data_dir, SQLite file, keys, certificates) relative to ``base``."""
         node = self.node
         data_dir = node.data_dir if node.data_dir.is_absolute() else base / node.data_dir
         url = node.database_url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url[len(prefix) :].startswith("/") and url != prefix:
             url = prefix + str(base / url[len(prefix) :])
-        key = node.signing_key
-        cert = node.signing_cert
-        key = key if key is None or key.is_absolute() else base / key
-        cert = cert if cert is None or cert.is_absolute() else base / cert
+        tls = node.tls
+        if tls is not None:
+            tls = tls.model_copy(
+                update={
+                    "cert": _under(base, tls.cert),
+                    "key": _under(base, tls.key),
+                    "ca": _under(base, tls.ca),
+                }
+            )
         new_node = node.model_copy(
             update={
                 "data_dir": data_dir,
                 "database_url": url,
-                "signing_key": key,
-                "signing_cert": cert,
+                "signing_key": _under(base, node.signing_key),
+                "signing_cert": _under(base, node.signing_cert),
+                "tls": tls,
             }
         )
-        return self.model_copy(update={"node": new_node})
+        destinations = [
+            d.model_copy(
+                update={
+                    "tls_ca": _under(base, d.tls_ca),
+                    "tls_cert": _under(base, d.tls_cert),
+                    "tls_key": _under(base, d.tls_key),
+                }
+            )
+            if isinstance(d, DicomDestination)
+            else d.model_copy(update={"path": _under(base, d.path)})
+            for d in self.destinations
+        ]
+        return self.model_copy(update={"node": new_node, "destinations": destinations})
 
 
 _KEYED = re.compile(r"^[\w.\[\]]+ = ")
+
+
+def _under(base: Path, path: Path | None) -> Any:
+    """``path`` made absolute relative to ``base`` (None stays None)."""
+    if path is None or path.is_absolute():
+        return path
+    return base / path
 
 
 class _KeyError(ValueError):

@@ -9,6 +9,7 @@ audit record, and the node keeps serving.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit
 from node.db import Database
 from node.dicom.query import QueryError, find
 from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from node.dicom.tls import server_context
 from node.errors import InvalidInstanceError, StorageError
 from node.ingest import Ingest
 from node.settings import NodeSettings
@@ -55,6 +57,12 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
+def _is_tls(event: evt.Event) -> bool:
+    """Whether the association came in over the TLS port."""
+    transport = event.assoc.dul.socket
+    return transport is not None and isinstance(transport.socket, ssl.SSLSocket)
+
+
 @dataclass
 class _AssociationLog:
     """What one association delivered, summarised in the audit log at its end."""
@@ -75,7 +83,7 @@ class StorageSCP:
         self.db = db
         self.ingest = ingest
         self.spool = spool
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
         self._lock = threading.Lock()
         self._associations: dict[int, _AssociationLog] = {}
 
@@ -109,26 +117,33 @@ class StorageSCP:
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_ABORTED, self._on_ended),
         ]
-        self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
-        )
-        logger.info(
-            "listening as %s on %s:%d",
-            self.settings.ae_title,
-            self.settings.host,
-            self.settings.port,
-        )
+        address = (self.settings.host, self.settings.port)
+        self._listen(ae.start_server(address, block=False, evt_handlers=handlers))
+        logger.info("listening as %s on %s:%d", self.settings.ae_title, *address)
+        tls = self.settings.tls
+        if tls is not None:
+            context = server_context(tls.cert, tls.key, tls.ca)
+            address = (self.settings.host, tls.port)
+            self._listen(
+                ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=context)
+            )
+            logger.info("listening as %s on %s:%d (TLS)", self.settings.ae_title, *address)
+
+    def _listen(self, server: ThreadedAssociationServer | None) -> None:
+        if server is None:  # only a blocking server returns None
+            raise RuntimeError("the DICOM server did not start")
+        self._servers.append(server)
 
     @property
     def running(self) -> bool:
         """Whether the server accepts connections."""
-        return self._server is not None
+        return bool(self._servers)
 
     def stop(self) -> None:
         """Stop listening; associations in progress are ended."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+        self._servers.clear()
 
     # -- association events ------------------------------------------------------
 
@@ -149,6 +164,7 @@ class StorageSCP:
                 actor=log.calling_ae,
                 address=log.address,
                 called_ae=self.settings.ae_title,
+                tls=_is_tls(event),
             )
 
     def _on_rejected(self, event: evt.Event) -> None:

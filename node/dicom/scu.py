@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,9 @@ def send_files(
     port: int,
     files: Sequence[tuple[Path, str]],
     timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> list[StoreResult]:
-    """Send ``files`` (path, SOP Class UID) over one association.
+    """Send ``files`` (path, SOP Class UID) over one association (TLS with ``tls``).
 
     Raises
     ------
@@ -55,7 +57,8 @@ def send_files(
     ae.connection_timeout = timeout
     for sop_class in sorted({sop for _, sop in files}):
         ae.add_requested_context(sop_class, SEND_TRANSFER_SYNTAXES)
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    tls_args = (tls, host) if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = (
             "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
