@@ -51,6 +51,7 @@ class AuditEvent(Enum):
     JOB_SUCCEEDED = ("job-succeeded", "RADNODE job-succeeded")
     JOB_FAILED = ("job-failed", "RADNODE job-failed")
     JOB_RETRIED = ("job-retried", "RADNODE job-retried")
+    JOB_SUPERSEDED = ("job-superseded", "RADNODE job-superseded")
     QA_FLAGGED = ("qa-flagged", "RADNODE qa-flagged")
     INSTANCES_SENT = ("instances-sent", "DCM 110104 DICOM Instances Transferred (R)")
     DELIVERY_RETRIED = ("delivery-retried", "RADNODE delivery-retried")

@@ -64,19 +64,26 @@ class JobQueue:
     def claim(self, owner: str) -> ClaimedJob | None:
         """Take the oldest due queued job, or ``None`` when there is none."""
         now = utcnow()
+        # Only a job whose series is complete at the job's generation: while
+        # late instances arrive, or once a newer generation exists, it waits
+        # (and completion supersedes it).
+        due = (
+            select(Job)
+            .join(Series, Series.series_uid == Job.series_uid)
+            .where(
+                Job.state == "queued",
+                Job.not_before <= now,
+                Series.state == "complete",
+                Series.generation == Job.generation,
+            )
+        )
         with self.db.read() as session:
-            due_any = session.execute(
-                select(Job.id).where(Job.state == "queued", Job.not_before <= now).limit(1)
-            ).first()
+            due_any = session.execute(due.with_only_columns(Job.id).limit(1)).first()
         if due_any is None:
             return None
         with self.db.session() as session:
             job = session.execute(
-                select(Job)
-                .where(Job.state == "queued", Job.not_before <= now)
-                .order_by(Job.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
+                due.order_by(Job.id).limit(1).with_for_update(skip_locked=True, of=Job)
             ).scalar_one_or_none()
             if job is None:
                 return None

@@ -218,6 +218,15 @@ def output_uids(
     return str(series_uid), [str(u) for u in sop_uids]
 
 
+def uid_variant(ctx: JobContext, options: OutputOptions) -> str:
+    """What besides the input, pipeline and model version makes an output distinct.
+
+    The rule (two rules with one pipeline but other parameters make other
+    objects) and the output kind (one UID never names two SOP Classes).
+    """
+    return f"{ctx.rule}|{options.kind}"
+
+
 #: Namespace of radnode's name-based (version 5) UUIDs.
 _UUID_NAMESPACE = uuid.UUID("5d0c2f0e-6f1b-5a55-9a37-7261646e6f64")
 
@@ -289,7 +298,7 @@ def build_outputs(
         [str(s.SOPInstanceUID) for s in sources],
         ctx.pipeline,
         result.model.version,
-        variant="" if options.kind == "secondary-capture" else options.kind,
+        variant=uid_variant(ctx, options),
         root=options.uid_root,
     )
     stored = [imaging.to_stored(voxels[i], src) for i, src in enumerate(sources)]

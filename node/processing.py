@@ -18,7 +18,7 @@ from pydicom import Dataset, dcmread
 from sqlalchemy import select
 
 from node import audit
-from node.db import Database, Delivery, Instance, Job, utcnow
+from node.db import Database, Delivery, Instance, Job, Series, utcnow
 from node.errors import JobError
 from node.imaging import load_volume
 from node.jobs import ClaimedJob, JobQueue, RetryableError
@@ -134,8 +134,9 @@ class Processor:
         )
         context = JobContext(job_id=job.id, rule=rule.name, pipeline=rule.pipeline)
         outputs = build_outputs(ordered, result, context, options)
-        series_uid = str(outputs[0].SeriesInstanceUID)
-        paths = write_outputs(outputs, self.outputs_dir / series_uid, self.signer)
+        # A folder per job: a superseded job still writing cannot overwrite
+        # the files a newer generation's deliveries send.
+        paths = write_outputs(outputs, self.outputs_dir / f"job-{job.id}", self.signer)
         self._succeed(job, outputs, paths, result.flagged_slices, result.model.version)
 
     def _succeed(
@@ -157,6 +158,23 @@ class Processor:
             row = session.get(Job, job.id, with_for_update=True)
             if row is None or row.state != "running" or row.lease_owner != job.owner:
                 logger.warning("lost the lease of job %d; its outputs are not delivered", job.id)
+                return
+            series = session.get(Series, job.series_uid, with_for_update=True)
+            if series is None or series.generation != job.generation or series.state != "complete":
+                # Instances arrived while the job ran: its outputs are
+                # incomplete; the next generation's job replaces them.
+                row.state = "superseded"
+                row.finished_at = now
+                row.lease_owner = None
+                row.lease_expires_at = None
+                audit.record(
+                    session,
+                    audit.AuditEvent.JOB_SUPERSEDED,
+                    **where,
+                    job=job.id,
+                    generation=job.generation,
+                    reason="instances arrived while the job ran",
+                )
                 return
             output_series = str(outputs[0].SeriesInstanceUID)
             where["output_series_uid"] = output_series

@@ -65,8 +65,7 @@ class Retention:
                     continue
                 self.spool.remove_series(series.study_uid, series.series_uid)
                 for job in jobs:
-                    if job.output_series_uid:
-                        shutil.rmtree(self.outputs_dir / job.output_series_uid, ignore_errors=True)
+                    shutil.rmtree(self.outputs_dir / f"job-{job.id}", ignore_errors=True)
                 session.execute(delete(Instance).where(Instance.series_uid == series.series_uid))
                 series.state = "purged"
                 audit.record(

@@ -19,9 +19,21 @@ from node.spool import Spool
 
 
 def add_jobs(db: Database, count: int) -> None:
+    """``count`` queued jobs, each for its own complete series."""
     now = utcnow()
     with db.session() as session:
         for i in range(count):
+            session.add(
+                Series(
+                    series_uid=f"1.2.{i}",
+                    study_uid="1.2",
+                    state="complete",
+                    generation=1,
+                    instance_count=1,
+                    first_received_at=now,
+                    last_received_at=now,
+                )
+            )
             session.add(
                 Job(
                     series_uid=f"1.2.{i}",
@@ -81,6 +93,21 @@ def test_expired_lease_is_recovered_then_failed_after_max_attempts(database_url:
         assert "lease expired" in (row.error or "")
     assert len(events(db, "job-retried")) == 1
     assert len(events(db, "job-failed")) == 1
+    db.close()
+
+
+def test_jobs_wait_while_their_series_receives_and_yield_to_a_newer_generation(
+    database_url: str,
+) -> None:
+    db = Database(make_engine(database_url))
+    add_jobs(db, 1)
+    queue = JobQueue(db, JobSettings())
+    with db.session() as session:
+        session.execute(update(Series).values(state="receiving", generation=2))
+    assert queue.claim("host:1:a") is None  # a late instance arrived: not yet
+    with db.session() as session:
+        session.execute(update(Series).values(state="complete"))
+    assert queue.claim("host:1:a") is None  # generation 2 is due, not this job
     db.close()
 
 

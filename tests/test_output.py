@@ -27,6 +27,7 @@ from node.output import (
     build_outputs,
     is_radnode_output,
     output_uids,
+    uid_variant,
     write_outputs,
 )
 from node.verify import check_provenance
@@ -149,7 +150,7 @@ def test_write_and_read_back(
         [s.SOPInstanceUID for s in sources],
         CTX.pipeline,
         "1.2.0",
-        variant="" if kind == "secondary-capture" else kind,
+        variant=uid_variant(CTX, options),
     )
     modality = str(sources[0].Modality)
     for i, (path, src) in enumerate(zip(paths, sources, strict=True)):
