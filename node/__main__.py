@@ -165,7 +165,7 @@ def build_node(settings: Settings) -> Node:
     queue.release_dead_local(socket.gethostname())
     scp = StorageSCP(settings.node, db, ingest, spool)
     api = (
-        ApiServer(settings.node.host, settings.node.http_port, db, scp)
+        ApiServer(settings.node.http_host, settings.node.http_port, db, scp)
         if settings.node.http_port
         else None
     )

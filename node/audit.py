@@ -147,6 +147,9 @@ def record(
         select(AuditHead).where(AuditHead.id == 1).with_for_update()
     ).scalar_one_or_none()
     if head is None:
+        if session.execute(select(AuditRecord.id).limit(1)).first() is not None:
+            # Recreating it would restart the chain over existing records.
+            raise RuntimeError("the audit chain's head row is missing; run `radnode audit verify`")
         ensure_head(session)
         head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
     rec = AuditRecord(
@@ -204,18 +207,26 @@ def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
     """Recompute every hash and link; report the first record that breaks.
 
     Detects an edited record (its hash no longer matches), a deleted or
-    inserted one (the next record's ``prev_hash`` or the id sequence breaks)
-    and a truncated tail (the head row points past the last record).
+    inserted one (the next record's ``prev_hash`` or the id sequence breaks),
+    a truncated tail (the head row points past the last record) and a
+    deleted head row. The head is read first and records appended while the
+    check runs are left for the next check.
     """
+    head = session.get(AuditHead, 1)
+    first = session.execute(select(AuditRecord.id).limit(1)).first()
+    if head is None:
+        if first is None:
+            return ChainReport(True, 0)
+        return ChainReport(False, 0, 1, "the chain's head row is missing")
     prev_hash = GENESIS
     expected_id = 1
     count = 0
     last_id = 0
-    while True:
+    while last_id < head.last_id:
         rows = list(
             session.execute(
                 select(AuditRecord)
-                .where(AuditRecord.id > last_id)
+                .where(AuditRecord.id > last_id, AuditRecord.id <= head.last_id)
                 .order_by(AuditRecord.id)
                 .limit(batch)
             ).scalars()
@@ -235,8 +246,7 @@ def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
             expected_id += 1
             count += 1
         last_id = rows[-1].id
-    head = session.get(AuditHead, 1)
-    if head is not None and (head.last_id != count or head.last_hash != prev_hash):
+    if head.last_id != count or head.last_hash != prev_hash:
         return ChainReport(
             False, count, count + 1, f"chain ends at record {count}, head says {head.last_id}"
         )

@@ -54,7 +54,7 @@ def _audit(args: argparse.Namespace, db: Database) -> int:
     from node.api import parse_time
 
     if args.action == "verify":
-        with db.session() as session:
+        with db.read() as session:
             report = audit.verify_chain(session)
         if report.ok:
             print(f"audit chain intact: {report.records} records")
@@ -104,6 +104,27 @@ def _audit(args: argparse.Namespace, db: Database) -> int:
         return 0
     _print_table(rows)
     return 0
+
+
+def _cmd_deliveries(args: argparse.Namespace) -> int:
+    from node.db import make_engine
+    from node.delivery import Dispatcher
+
+    settings = _settings(args.config, with_registry=False)
+    db = Database(make_engine(settings.node.database_url))
+    try:
+        dispatcher = Dispatcher(db, settings, settings.node.data_dir)
+        if args.action == "retry":
+            count = dispatcher.retry_failed(actor="cli", destination=args.destination)
+            print(f"{count} failed deliveries queued again (a running node sends them)")
+            return 0
+        rows = dispatcher.summary()
+        print(f"{'destination':20s} {'state':10s} {'instances':>9s}")
+        for destination, state, count in rows:
+            print(f"{destination:20s} {state:10s} {count:9d}")
+        return 0
+    finally:
+        db.close()
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
@@ -173,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--limit", type=int, default=None, help="at most this many records")
     aud.add_argument("--format", choices=["table", "json"], default="table")
     aud.set_defaults(func=_cmd_audit)
+
+    dlv = sub.add_parser("deliveries", help="delivery counts; retry deliveries that failed")
+    dlv.add_argument("action", nargs="?", choices=["list", "retry"], default="list")
+    dlv.add_argument("--config", help="settings file")
+    dlv.add_argument("--destination", help="only this destination (retry)")
+    dlv.set_defaults(func=_cmd_deliveries)
 
     # These hand their own arguments to the command they wrap (see main).
     sub.add_parser("verify", help="check outputs' signatures and provenance (FILE... --help)")

@@ -202,11 +202,17 @@ def _sqlite_begin(conn: Any) -> None:
 def make_engine(url: str) -> Engine:
     """Create the engine for ``url`` and the tables when they are missing."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        # hide_parameters: error messages (and so the process log) never carry
+        # bound values such as patient IDs.
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+        )
     Base.metadata.create_all(engine)
     _create_audit_head(engine)
     return engine
@@ -216,7 +222,11 @@ def _create_audit_head(engine: Engine) -> None:
     """The audit chain's head row exists before any writer locks it."""
     try:
         with engine.begin() as conn:
-            if conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first() is None:
+            has_head = conn.execute(select(AuditHead.id).where(AuditHead.id == 1)).first()
+            has_records = conn.execute(select(AuditRecord.id).limit(1)).first()
+            # Never recreate a deleted head over existing records: verify
+            # must find that deletion.
+            if has_head is None and has_records is None:
                 conn.execute(insert(AuditHead).values(id=1, last_id=0, last_hash="0" * 64))
     except IntegrityError:
         pass  # another process created it at the same moment
@@ -244,7 +254,9 @@ class Database:
         reader = engine
         if engine.dialect.name == "sqlite":
             reader = create_engine(
-                engine.url, connect_args={"check_same_thread": False, "timeout": 30}
+                engine.url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                hide_parameters=True,
             )
             event.listen(reader, "connect", _sqlite_read_pragmas)
         self.reader = reader

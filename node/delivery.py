@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from node import audit
 from node.db import Database, Delivery, utcnow
@@ -50,6 +50,46 @@ class Dispatcher:
         self.delivery: DeliverySettings = settings.delivery
         self.data_dir = data_dir
         self.batch = batch
+
+    def retry_failed(self, actor: str, destination: str | None = None) -> int:
+        """Give deliveries that failed for good a fresh set of attempts."""
+        now = utcnow()
+        with self.db.session() as session:
+            stmt = select(Delivery).where(Delivery.state == "failed")
+            if destination is not None:
+                stmt = stmt.where(Delivery.destination == destination)
+            rows = session.execute(stmt.with_for_update()).scalars().all()
+            per_series: Counter[tuple[str, str, str, str]] = Counter()
+            for row in rows:
+                row.state = "pending"
+                row.attempts = 0
+                row.next_attempt_at = now
+                per_series[
+                    (row.study_uid, row.source_series_uid, row.series_uid, row.destination)
+                ] += 1
+            for (study, source, output, name), count in per_series.items():
+                audit.record(
+                    session,
+                    audit.AuditEvent.DELIVERY_RETRIED,
+                    study_uid=study,
+                    series_uid=source,
+                    output_series_uid=output,
+                    actor=actor,
+                    destination=name,
+                    instances=count,
+                    reason="retry requested by an operator",
+                )
+            return len(rows)
+
+    def summary(self) -> list[tuple[str, str, int]]:
+        """(destination, state, count) of every delivery in the index."""
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Delivery.destination, Delivery.state, func.count())
+                .group_by(Delivery.destination, Delivery.state)
+                .order_by(Delivery.destination, Delivery.state)
+            ).all()
+        return [(str(d), str(s), int(c)) for d, s, c in rows]
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failure."""
@@ -180,9 +220,9 @@ class Dispatcher:
         failed: dict[tuple[str, str, str], tuple[int, str]] = {}
         with self.db.session() as session:
             for item, result in zip(group, results, strict=True):
-                row = session.get(Delivery, item.id)
-                if row is None:
-                    continue
+                row = session.get(Delivery, item.id, with_for_update=True)
+                if row is None or row.state != "sending":
+                    continue  # given back by recovery meanwhile: another send owns it
                 key = (item.study_uid, item.source_series_uid, item.series_uid)
                 row.attempts += 1
                 row.last_status = result.status

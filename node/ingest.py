@@ -13,6 +13,7 @@ from typing import cast
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
@@ -169,12 +170,18 @@ class Ingest:
         # A file already in the spool is the first copy of this instance:
         # keep it (the index below then reports the duplicate).
         target = self.spool.path(relative)
+        wrote = not target.exists()
         size = (
-            target.stat().st_size
-            if target.exists()
-            else self.spool.write(relative, encode_file(file_meta, raw_dataset))
+            self.spool.write(relative, encode_file(file_meta, raw_dataset))
+            if wrote
+            else target.stat().st_size
         )
-        return self._index(identity, relative, size, str(ts), calling_ae, origin)
+        accepted = self._index(identity, relative, size, str(ts), calling_ae, origin)
+        if accepted.duplicate and wrote:
+            # The UID is indexed under another study or series: keep the
+            # first copy only, leave no unindexed file behind.
+            target.unlink(missing_ok=True)
+        return accepted
 
     def reindex_spool(self) -> int:
         """Index spooled files the index lacks (a crash between write and commit).
@@ -196,12 +203,16 @@ class Ingest:
                 ds = dcmread(path)
                 ts = UID(str(ds.file_meta.TransferSyntaxUID))
                 identity = identify(ds, ts)
-                origin = "radnode" if self.is_own_output(ds) else "external"
-                self._index(identity, relative, path.stat().st_size, str(ts), "", origin)
-                added += 1
-            except Exception:
-                logger.exception("cannot re-index a spooled file; moving it aside")
+            except (InvalidInstanceError, InvalidDicomError, AttributeError, EOFError) as exc:
+                # Never answered Success (it was not indexed): set it aside.
+                logger.error("unreadable spooled file set aside: %s", type(exc).__name__)
                 path.rename(path.with_suffix(".unreadable"))
+                continue
+            # A database error here stops start-up (retried at the next start)
+            # rather than setting a good instance aside.
+            origin = "radnode" if self.is_own_output(ds) else "external"
+            self._index(identity, relative, path.stat().st_size, str(ts), "", origin)
+            added += 1
         return added
 
     def _index(

@@ -1,13 +1,20 @@
-"""Retention: removing spooled inputs and outputs once their work is done and old enough."""
+"""Retention: removing spooled inputs and outputs once their work is done and old enough.
+
+Files are deleted outside any database transaction (the index stays
+writable meanwhile), and only the files the index knew when the purge began:
+an instance arriving for the series during the purge is kept and starts a
+new generation as usual.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from node import audit
 from node.db import Database, Delivery, Instance, Job, Series, utcnow
@@ -16,8 +23,10 @@ from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
+# Deliveries that failed for good keep their data until an operator runs
+# `radnode deliveries retry` (or gives them up), so they are "busy" too.
 _BUSY_JOBS = ("queued", "running")
-_BUSY_DELIVERIES = ("pending", "sending")
+_BUSY_DELIVERIES = ("pending", "sending", "failed")
 
 
 class Retention:
@@ -31,18 +40,36 @@ class Retention:
         self.outputs_dir = outputs_dir
         self.settings = settings
 
-    def sweep(self, now: dt.datetime | None = None) -> int:
+    def sweep(self, now: dt.datetime | None = None, batch: int = 20) -> int:
         """Purge what is due; ``keep_days = 0`` keeps everything."""
         if self.settings.keep_days <= 0:
             return 0
         cutoff = (now or utcnow()) - dt.timedelta(days=self.settings.keep_days)
         purged = 0
+        for series_uid, study_uid, paths, job_ids in self._claim(cutoff, batch):
+            for relative in paths:
+                self.spool.path(relative).unlink(missing_ok=True)
+            for job_id in job_ids:
+                shutil.rmtree(self.outputs_dir / f"job-{job_id}", ignore_errors=True)
+            with suppress(OSError):  # only when empty: a late instance may be there
+                (self.spool.root / study_uid / series_uid).rmdir()
+            purged += self._finish(series_uid, paths)
+        if purged:
+            logger.info("retention purged %d series", purged)
+        return purged
+
+    def _claim(
+        self, cutoff: dt.datetime, batch: int
+    ) -> list[tuple[str, str, list[str], list[int]]]:
+        """Mark due series ``purging``; return what to delete for each."""
+        claimed = []
         with self.db.session() as session:
             candidates = (
                 session.execute(
                     select(Series)
                     .where(Series.state == "complete", Series.completed_at < cutoff)
-                    .limit(200)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
                 )
                 .scalars()
                 .all()
@@ -63,20 +90,37 @@ class Retention:
                 ).first()
                 if busy:
                     continue
-                self.spool.remove_series(series.study_uid, series.series_uid)
-                for job in jobs:
-                    shutil.rmtree(self.outputs_dir / f"job-{job.id}", ignore_errors=True)
-                session.execute(delete(Instance).where(Instance.series_uid == series.series_uid))
-                series.state = "purged"
-                audit.record(
-                    session,
-                    audit.AuditEvent.SERIES_PURGED,
-                    study_uid=series.study_uid,
-                    series_uid=series.series_uid,
-                    patient_id=series.patient_id,
-                    keep_days=self.settings.keep_days,
+                series.state = "purging"
+                paths = list(
+                    session.execute(
+                        select(Instance.path).where(Instance.series_uid == series.series_uid)
+                    ).scalars()
                 )
-                purged += 1
-        if purged:
-            logger.info("retention purged %d series", purged)
-        return purged
+                claimed.append((series.series_uid, series.study_uid, paths, job_ids))
+        return claimed
+
+    def _finish(self, series_uid: str, paths: list[str]) -> int:
+        """Drop the purged instances from the index and record the purge."""
+        with self.db.session() as session:
+            session.execute(
+                delete(Instance).where(Instance.series_uid == series_uid, Instance.path.in_(paths))
+            )
+            done = session.execute(
+                update(Series)
+                .where(Series.series_uid == series_uid, Series.state == "purging")
+                .values(state="purged")
+            )
+            series = session.get(Series, series_uid)
+            if series is None:
+                return 0
+            audit.record(
+                session,
+                audit.AuditEvent.SERIES_PURGED,
+                study_uid=series.study_uid,
+                series_uid=series_uid,
+                patient_id=series.patient_id,
+                keep_days=self.settings.keep_days,
+                instances=len(paths),
+                late_instances_kept=not getattr(done, "rowcount", 0),
+            )
+        return 1

@@ -71,6 +71,9 @@ class NodeSettings(_Strict):
     workers: Annotated[int, Field(ge=0, le=64)] = 1
     content_qualification: Literal["RESEARCH", "PRODUCT"] = "RESEARCH"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8480
+    # The API is unauthenticated and /audit returns patient IDs: loopback
+    # unless the site puts it on a management network on purpose.
+    http_host: str = "127.0.0.1"
     max_pdu: Annotated[int, Field(ge=0)] = 0
     signing_key: Path | None = None
     signing_cert: Path | None = None
@@ -129,9 +132,11 @@ class CompletionSettings(_Strict):
 class DeliverySettings(_Strict):
     """The ``[delivery]`` table: retries of C-STORE to destinations."""
 
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 8
+    # With these defaults a destination may be down for about three days
+    # (maintenance windows, outages) before a delivery is given up.
+    max_attempts: Annotated[int, Field(ge=1, le=100000)] = 300
     backoff_initial_seconds: Annotated[float, Field(gt=0)] = 5.0
-    backoff_max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    backoff_max_seconds: Annotated[float, Field(gt=0)] = 900.0
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
@@ -148,11 +153,14 @@ class RetentionSettings(_Strict):
     keep_days: Annotated[float, Field(ge=0)] = 7.0
 
 
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class DicomDestination(_Strict):
     """A DICOM peer that outputs are sent to with C-STORE."""
 
     type: Literal["dicom"] = "dicom"
-    name: str
+    name: Name
     ae_title: str
     host: str
     port: Port
@@ -178,7 +186,7 @@ class FolderDestination(_Strict):
     """A directory that outputs are copied to (for sites that import files)."""
 
     type: Literal["folder"]
-    name: str
+    name: Name
     path: Path
 
 
@@ -222,7 +230,7 @@ MatchValue = Scalar | list[Scalar] | RegexMatch | RangeMatch
 class Rule(_Strict):
     """A ``[[rules]]`` entry: which series go through which pipeline, and where."""
 
-    name: str
+    name: Name
     pipeline: str
     destinations: list[str] = Field(min_length=1)
     match: dict[str, MatchValue] = Field(default_factory=dict)

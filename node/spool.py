@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,12 +38,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each entry made durable."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(folder.parent)
+
+
 def write_atomic(path: Path, chunks: list[bytes]) -> int:
     """Write ``chunks`` to ``path`` atomically and durably; return the size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique temporary name: two associations may store the same new
+    # instance at the same moment.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     size = 0
     try:
+        _make_dirs(path.parent)
         with tmp.open("wb") as fh:
             for chunk in chunks:
                 fh.write(chunk)

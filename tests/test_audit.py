@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import delete, text, update
 
 from node import audit
-from node.db import AuditRecord, Database, make_engine
+from node.db import AuditHead, AuditRecord, Database, make_engine
 
 
 def filled(url: str, count: int = 6) -> Database:
@@ -133,3 +133,15 @@ def test_cli_query_and_verify(tmp_path: Path) -> None:
     broken = radnode("audit", "verify", "--config", str(cfg))
     assert broken.returncode == 1
     assert "BROKEN at record 2" in broken.stdout
+
+
+def test_a_deleted_head_is_found_and_never_recreated_over_records(database_url: str) -> None:
+    db = filled(database_url)
+    with db.session() as session:
+        session.execute(delete(AuditHead))
+    report = verify(db)
+    assert not report.ok and "head row is missing" in report.reason
+    db.close()
+    reopened = Database(make_engine(database_url))  # start-up must not recreate it
+    assert not verify(reopened).ok
+    reopened.close()

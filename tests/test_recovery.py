@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +102,11 @@ def test_pacs_down_at_first_and_node_killed_mid_delivery(
         orthanc.stop()
 
 
-def test_delivery_gives_up_after_max_attempts_and_audits_it(
+def test_delivery_gives_up_after_max_attempts_and_an_operator_retries(
     tmp_path: Path, node_runner: NodeRunner
 ) -> None:
-    destination = {"name": "pacs", "ae_title": "ORTHANC", "host": LOOPBACK, "port": free_port()}
+    pacs_port = free_port()
+    destination = {"name": "pacs", "ae_title": "ORTHANC", "host": LOOPBACK, "port": pacs_port}
     node_runner.configure(
         [destination],
         [ct_rule()],
@@ -118,6 +121,37 @@ def test_delivery_gives_up_after_max_attempts_and_audits_it(
     failed = node_runner.http("/audit?event=delivery-failed")[0]
     assert failed["outcome"] == 8
     assert failed["detail"]["instances"] == 2
+
+    # The PACS is back; an operator sends the failed deliveries again.
+    orthanc = start_orthanc(tmp_path / "pacs", dicom_port=pacs_port)
+    try:
+        retry = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "node",
+                "deliveries",
+                "retry",
+                "--config",
+                str(node_runner.config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert retry.returncode == 0 and "2 failed deliveries queued again" in retry.stdout
+        wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 2)
+        listing = subprocess.run(
+            [sys.executable, "-m", "node", "deliveries", "--config", str(node_runner.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "sent" in listing.stdout and "failed" not in listing.stdout
+    finally:
+        orthanc.stop()
 
 
 def test_late_instance_reruns_and_replaces_outputs(

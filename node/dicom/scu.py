@@ -72,7 +72,8 @@ def send_files(
                 continue
             try:
                 status = assoc.send_c_store(path)
-            except (OSError, ValueError, RuntimeError) as exc:
+            except Exception as exc:  # one unreadable file must not stop the batch
+                logger.exception("C-STORE of one output failed")
                 results.append(StoreResult(None, f"{type(exc).__name__}: {exc}"))
                 continue
             if status is None or "Status" not in status:
