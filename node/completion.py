@@ -69,8 +69,14 @@ class Completion:
                 .all()
             )
             for series in due:
-                queued += self._complete(session, series, now)
-                completed += 1
+                try:
+                    with session.begin_nested():  # one bad series must not block the rest
+                        queued += self._complete(session, series, now)
+                    completed += 1
+                except Exception:  # the edge of one series' completion; retried next sweep
+                    logger.exception(
+                        "completing a series failed", extra={"series": series.series_uid}
+                    )
         if queued:
             self.on_queued()
         return completed
@@ -115,7 +121,16 @@ class Completion:
             )
             return 0
         ds = self._representative(session, series.series_uid)
-        rules = self.router.matching(ds) if ds is not None else []
+        if ds is None:
+            audit.record(
+                session,
+                audit.AuditEvent.SERIES_IGNORED,
+                outcome=audit.Outcome.SERIOUS_FAILURE,
+                **where,
+                reason="no stored instance of the series could be read; not routed",
+            )
+            return 0
+        rules = self.router.matching(ds)
         audit.record(
             session,
             audit.AuditEvent.SERIES_COMPLETED,

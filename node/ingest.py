@@ -82,6 +82,8 @@ def _check_pixels(ds: Dataset, transfer_syntax: UID) -> None:
             )
         return
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled: two values per pixel (PS3.3 C.7.6.3.1.2)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     expected = (rows * cols * samples * frames * bits + 7) // 8
     actual = len(value) if value is not None else 0

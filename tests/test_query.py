@@ -86,8 +86,18 @@ def test_study_level_wildcards_and_no_match(
         "StudyInstanceUID",
         "NumberOfStudyRelatedSeries",
         "NumberOfStudyRelatedInstances",
+        "ModalitiesInStudy",
     )
     assert [str(ds.StudyInstanceUID) for ds in found] == [str(ct[0].StudyInstanceUID)]
+    assert list(found[0].ModalitiesInStudy) == ["CT", "MR"]
+    _, by_modality = findscu(
+        node, tmp_path / "m", "QueryRetrieveLevel=STUDY", "ModalitiesInStudy=MR", "StudyInstanceUID"
+    )
+    assert len(by_modality) == 1
+    _, no_modality = findscu(
+        node, tmp_path / "n", "QueryRetrieveLevel=STUDY", "ModalitiesInStudy=US", "StudyInstanceUID"
+    )
+    assert no_modality == []
     assert int(found[0].NumberOfStudyRelatedSeries) == 2
     assert int(found[0].NumberOfStudyRelatedInstances) == 5
     _, none = findscu(node, tmp_path / "b", "QueryRetrieveLevel=STUDY", "PatientID=OTHER*")

@@ -31,7 +31,7 @@ _COUNTS = {
     "NumberOfStudyRelatedInstances",
     "NumberOfSeriesRelatedInstances",
 }
-_SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", *_COUNTS}
+_SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "ModalitiesInStudy", *_COUNTS}
 
 
 class QueryError(ValueError):
@@ -46,6 +46,7 @@ class _Entity:
     series_count: int = 0
     study_instances: int = 0
     series_instances: int = 0
+    modalities: tuple[str, ...] = ()
 
 
 def _text(value: object) -> str:
@@ -146,6 +147,7 @@ def _candidates(db: Database, identifier: Dataset, level: str) -> list[_Entity]:
             series_count=(known.series_count if known else 0) + 1,
             study_instances=(known.study_instances if known else 0)
             + per_series.get(r.series_uid, 0),
+            modalities=tuple(sorted({*(known.modalities if known else ()), r.modality} - {""})),
         )
     return list(studies.values())
 
@@ -168,6 +170,15 @@ def find(db: Database, spool: Spool, identifier: Dataset) -> Iterator[Dataset]:
             continue
         if not all(value_matches(k, identifier.get(k), header.get(k)) for k in query_keys):
             continue
+        # Modalities in Study is a study attribute the index computes (C.6.2.1.2):
+        # it matches when any requested modality is among the study's.
+        wanted = [m for m in _text(identifier.get("ModalitiesInStudy", "")).split("\\") if m]
+        if (
+            level == "STUDY"
+            and wanted
+            and not any(value_matches("Modality", m, list(entity.modalities)) for m in wanted)
+        ):
+            continue
         response = Dataset()
         response.QueryRetrieveLevel = level
         if "SpecificCharacterSet" in header:
@@ -182,4 +193,6 @@ def find(db: Database, spool: Spool, identifier: Dataset) -> Iterator[Dataset]:
         for keyword, count in counts.items():
             if keyword in identifier:
                 setattr(response, keyword, count)
+        if level == "STUDY" and "ModalitiesInStudy" in identifier:
+            response.ModalitiesInStudy = list(entity.modalities)
         yield response
