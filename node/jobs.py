@@ -253,7 +253,9 @@ def _pid_alive(owner: str) -> bool:
     except (IndexError, ValueError):
         return True
     if pid == os.getpid():
-        return False  # an earlier process that had our pid is surely gone
+        # Another process with our pid and host name (containers all run as
+        # pid 1) may be alive: its lease is left to expire instead.
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -106,6 +106,8 @@ class NodeSettings(_Strict):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
+        if value.startswith("sqlite") and (value.rstrip("/") == "sqlite:" or ":memory:" in value):
+            raise ValueError(f"{value!r}: an in-memory database would lose everything at a restart")
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", value):
             raise ValueError(
                 f"{value!r} is not a supported database URL "

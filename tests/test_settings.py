@@ -99,6 +99,7 @@ def test_match_forms_are_typed() -> None:
         ),
         (lambda d: d.update(node={"prot": 1}), "node.prot: unknown key"),
         (lambda d: d.update(node={"database_url": "mysql://x"}), "node.database_url = 'mysql://x'"),
+        (lambda d: d.update(node={"database_url": "sqlite://"}), "in-memory database"),
         (lambda d: d.update(completion={"quiet_seconds": 0}), "completion.quiet_seconds = 0"),
         (lambda d: d["destinations"][0].update(type="ftp"), "destinations[0]"),
         (
