@@ -1,0 +1,236 @@
+"""The ct-denoise pipeline: parameters, per-slice noise estimation, denoising and the QA gate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipelines.base import (
+    SMOOTHING,
+    FloatArray,
+    MethodKind,
+    ModelInfo,
+    ParamValue,
+    PipelineError,
+    Result,
+    SliceQA,
+    Volume,
+    unknown_option_message,
+)
+from pipelines.qa import GateThresholds, estimate_noise_sd, gate_slice
+
+logger = logging.getLogger(__name__)
+
+NAME = "ct-denoise"
+METHODS = ("model", "classical")
+#: The method a rule gets when it names none.
+DEFAULT_METHOD = "model"
+DEVICES = ("auto", "cpu", "cuda")
+KNOWN_PARAMS = ("method", "weights", "weights_sha256", "device", "batch_size")
+#: The HU range the methods see. Values outside it (padding outside the
+#: reconstruction circle, e.g. -2048 or -3024, and metal above 3071) are not
+#: tissue and are returned exactly as they came in.
+HU_MIN = -1024.0
+HU_MAX = 3071.0
+
+
+class SliceDenoiser(Protocol):
+    """A denoiser of a batch of slices in HU, given each slice's noise SD."""
+
+    info: ModelInfo
+
+    def denoise(self, slices: FloatArray, sigma_hu: FloatArray) -> FloatArray:
+        """Denoise ``(n, rows, cols)`` slices; ``sigma_hu`` is ``(n,)``."""
+        ...
+
+
+@dataclass(frozen=True)
+class CTDenoiseParams:
+    """Validated rule parameters of the ct-denoise pipeline."""
+
+    method: str = DEFAULT_METHOD
+    weights: Path | None = None
+    weights_sha256: str | None = None
+    device: str = "auto"
+    batch_size: int = 8
+
+    def as_mapping(self) -> dict[str, ParamValue]:
+        """The parameters as recorded in an output's provenance."""
+        out: dict[str, ParamValue] = {
+            "method": self.method,
+            "device": self.device,
+            "batch_size": self.batch_size,
+        }
+        if self.weights is not None:
+            out["weights"] = self.weights.name
+        if self.weights_sha256 is not None:
+            out["weights_sha256"] = self.weights_sha256
+        return out
+
+
+def parse_params(params: Mapping[str, ParamValue]) -> CTDenoiseParams:
+    """Validate rule parameters; errors name the key and the bad value.
+
+    Raises
+    ------
+    PipelineError
+        On an unknown key, an unknown method or device, a non-positive batch
+        size, or ``weights`` without ``weights_sha256``.
+    """
+    for key in params:
+        if key not in KNOWN_PARAMS:
+            raise PipelineError(unknown_option_message("ct-denoise parameter", key, KNOWN_PARAMS))
+    method = str(params.get("method", DEFAULT_METHOD))
+    if method not in METHODS:
+        raise PipelineError(unknown_option_message("ct-denoise method", method, METHODS))
+    device = str(params.get("device", "auto"))
+    if device not in DEVICES:
+        raise PipelineError(unknown_option_message("ct-denoise device", device, DEVICES))
+    raw_batch = params.get("batch_size", 8)
+    if isinstance(raw_batch, bool) or not isinstance(raw_batch, int | str):
+        raise PipelineError(f"ct-denoise batch_size must be an integer. Found {raw_batch!r}.")
+    try:
+        batch = int(raw_batch)
+    except ValueError:
+        raise PipelineError(
+            f"ct-denoise batch_size must be an integer. Found {raw_batch!r}."
+        ) from None
+    if batch < 1:
+        raise PipelineError(f"ct-denoise batch_size must be at least 1. Found {batch}.")
+    weights = params.get("weights")
+    sha = params.get("weights_sha256")
+    if weights is not None and sha is None:
+        raise PipelineError(
+            "ct-denoise parameter 'weights' needs 'weights_sha256': a site's own "
+            "weights are pinned by their hash like the shipped ones."
+        )
+    if sha is not None and (len(str(sha)) != 64 or not _is_hex(str(sha))):
+        raise PipelineError(
+            f"ct-denoise weights_sha256 must be 64 hexadecimal digits. Found {sha!r}."
+        )
+    return CTDenoiseParams(
+        method=method,
+        weights=Path(str(weights)) if weights is not None else None,
+        weights_sha256=str(sha).lower() if sha is not None else None,
+        device=device,
+        batch_size=batch,
+    )
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+class ClassicalDenoiser:
+    """Noise-adaptive non-local means, slice by slice."""
+
+    def __init__(self) -> None:
+        self.info = ModelInfo(
+            name="non-local means, noise-adaptive (classical)",
+            version="nlm-1",
+            kind=MethodKind.CLASSICAL,
+        )
+
+    def denoise(self, slices: FloatArray, sigma_hu: FloatArray) -> FloatArray:
+        """Denoise each slice with NLM at its own noise level."""
+        from pipelines.ct_denoise.classical import nlm_denoise
+
+        out = np.empty_like(slices)
+        for i in range(slices.shape[0]):
+            out[i] = nlm_denoise(slices[i], float(sigma_hu[i]))
+        return out
+
+
+class CTDenoisePipeline:
+    """Low-dose CT enhancement of one series, in HU, with a per-slice QA gate.
+
+    Parameters
+    ----------
+    denoiser
+        The method (trained model or classical filter).
+    params
+        The validated rule parameters, recorded in the result.
+    thresholds
+        QA gate limits.
+    """
+
+    name = NAME
+    modalities: tuple[str, ...] = ("CT",)
+
+    def __init__(
+        self,
+        denoiser: SliceDenoiser,
+        params: CTDenoiseParams,
+        thresholds: GateThresholds | None = None,
+    ) -> None:
+        self._denoiser = denoiser
+        self._params = params
+        self._thresholds = thresholds or GateThresholds()
+
+    def model_info(self) -> ModelInfo:
+        """Describe the method and its version without running it."""
+        return self._denoiser.info
+
+    def enhance(self, volume: Volume) -> tuple[FloatArray, FloatArray]:
+        """Denoise without the gate: the raw output and each slice's input noise SD."""
+        if volume.unit != "HU":
+            raise PipelineError(f"ct-denoise needs voxels in HU. Found unit {volume.unit!r}.")
+        raw = volume.voxels
+        clipped = np.clip(raw, HU_MIN, HU_MAX).astype(np.float32)
+        sigma = np.array([estimate_noise_sd(s) for s in clipped], dtype=np.float32)
+        out = np.empty_like(clipped)
+        step = self._params.batch_size
+        for start in range(0, clipped.shape[0], step):
+            stop = start + step
+            out[start:stop] = self._denoiser.denoise(clipped[start:stop], sigma[start:stop])
+        outside = (raw < HU_MIN) | (raw > HU_MAX)
+        out[outside] = raw[outside]
+        return out, sigma
+
+    def run(self, volume: Volume) -> Result:
+        """Enhance ``volume``; failed slices are passed through unchanged and flagged."""
+        if volume.modality not in self.modalities:
+            raise PipelineError(f"ct-denoise accepts modality CT. Found {volume.modality!r}.")
+        out, sigma = self.enhance(volume)
+        qa: list[SliceQA] = []
+        for i in range(out.shape[0]):
+            verdict = gate_slice(
+                volume.voxels[i],
+                out[i],
+                volume.pixel_spacing,
+                self._thresholds,
+                input_noise_sd=float(sigma[i]),
+            )
+            if not verdict.passed:
+                # The gate's rule: never send a slice it doubts; the input goes out
+                # instead and the flag travels with the series' provenance.
+                out[i] = volume.voxels[i]
+                logger.warning("QA gate flagged slice %d: %s", i, "; ".join(verdict.reasons))
+            qa.append(verdict)
+        info = self._denoiser.info
+        return Result(
+            volume=volume.with_voxels(out.astype(np.float32)),
+            qa=tuple(qa),
+            model=info,
+            derivation=SMOOTHING,
+            description=f"Low-dose CT enhancement: {info.name}, version {info.version}",
+            parameters=self._params.as_mapping(),
+        )
+
+
+def build_pipeline(params: Mapping[str, ParamValue]) -> CTDenoisePipeline:
+    """Build the pipeline from rule parameters (the registry's factory)."""
+    parsed = parse_params(params)
+    denoiser: SliceDenoiser
+    if parsed.method == "classical":
+        denoiser = ClassicalDenoiser()
+    else:
+        from pipelines.ct_denoise.inference import ModelDenoiser
+
+        denoiser = ModelDenoiser.from_params(parsed)
+    return CTDenoisePipeline(denoiser, parsed)

@@ -1,0 +1,1 @@
+"""Image-quality evaluation: pixel, noise-texture and task-based metrics, and reports."""

@@ -1,0 +1,119 @@
+"""Tests of the reference-free QA gate on CT: it passes denoising and catches invented structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from pipelines.base import Volume
+from pipelines.ct_denoise import entry
+from pipelines.ct_denoise.classical import nlm_denoise
+from pipelines.ct_denoise.phantoms import body_slice
+from pipelines.ct_denoise.pipeline import CTDenoisePipeline, parse_params
+from pipelines.ct_denoise.simulate import ParallelBeamProjector, simulate_pair
+from pipelines.qa import estimate_noise_sd, flat_mask, gate_slice
+
+
+@pytest.fixture(scope="module")
+def slices() -> tuple[np.ndarray, np.ndarray, float]:
+    """A 25 % dose body section and its NLM-denoised version."""
+    rng = np.random.default_rng(11)
+    spacing = 1.2
+    clean = body_slice(rng, 192, spacing)
+    pair = simulate_pair(
+        clean,
+        spacing,
+        rng,
+        fraction=0.25,
+        normal_noise_hu=12.0,
+        projector=ParallelBeamProjector(192),
+    )
+    low = pair.low
+    return low, nlm_denoise(low, estimate_noise_sd(low)), spacing
+
+
+def _flat_spot(image: np.ndarray, margin_px: int) -> tuple[int, int]:
+    inner = ndi.binary_erosion(flat_mask(image), iterations=margin_px)
+    ys, xs = np.nonzero(inner)
+    k = len(ys) // 2
+    return int(ys[k]), int(xs[k])
+
+
+def test_noise_estimate_follows_the_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = np.zeros((128, 128), np.float32)
+    for sd in (5.0, 20.0, 60.0):
+        noisy = base + rng.normal(0, sd, base.shape).astype(np.float32)
+        assert estimate_noise_sd(noisy) == pytest.approx(sd, rel=0.1)
+
+
+def test_gate_passes_honest_denoising(slices: tuple[np.ndarray, np.ndarray, float]) -> None:
+    low, out, spacing = slices
+    verdict = gate_slice(low, out, (spacing, spacing))
+    assert verdict.passed, verdict.reasons
+    assert verdict.metrics["noise_ratio"] < 1.0
+
+
+def test_gate_catches_an_invented_lesion(slices: tuple[np.ndarray, np.ndarray, float]) -> None:
+    low, out, spacing = slices
+    cy, cx = _flat_spot(low, int(8 / spacing))
+    yy, xx = np.mgrid[: out.shape[0], : out.shape[1]]
+    fake = out.copy()
+    fake[(yy - cy) ** 2 + (xx - cx) ** 2 <= (4.0 / spacing) ** 2] += 40.0  # 8 mm, +40 HU
+    verdict = gate_slice(low, fake, (spacing, spacing))
+    assert not verdict.passed
+    assert any("structure" in r for r in verdict.reasons)
+
+
+def test_gate_catches_a_regional_bias(slices: tuple[np.ndarray, np.ndarray, float]) -> None:
+    low, out, spacing = slices
+    verdict = gate_slice(low, (out + 12.0).astype(np.float32), (spacing, spacing))
+    assert not verdict.passed
+    assert any("mean HU" in r for r in verdict.reasons)
+
+
+def test_gate_catches_added_noise(slices: tuple[np.ndarray, np.ndarray, float]) -> None:
+    low, _, spacing = slices
+    rng = np.random.default_rng(1)
+    noisier = low + rng.normal(0, 20.0, low.shape).astype(np.float32)
+    verdict = gate_slice(low, noisier, (spacing, spacing))
+    assert not verdict.passed
+
+
+def test_gate_catches_erased_anatomy(slices: tuple[np.ndarray, np.ndarray, float]) -> None:
+    low, _, spacing = slices
+    blurred = ndi.gaussian_filter(low, 4.0 / spacing)
+    verdict = gate_slice(low, blurred, (spacing, spacing))
+    assert not verdict.passed
+
+
+class _Hallucinating:
+    """A denoiser that smooths and then paints a disk: what the gate must stop."""
+
+    def __init__(self, spot: tuple[int, int], radius: float) -> None:
+        self.info = entry().factory({"method": "classical"}).model_info()
+        self.spot = spot
+        self.radius = radius
+
+    def denoise(self, slices: np.ndarray, sigma_hu: np.ndarray) -> np.ndarray:
+        out = np.stack([nlm_denoise(s, float(g)) for s, g in zip(slices, sigma_hu, strict=True)])
+        yy, xx = np.mgrid[: out.shape[1], : out.shape[2]]
+        disk = (yy - self.spot[0]) ** 2 + (xx - self.spot[1]) ** 2 <= self.radius**2
+        out[0][disk] += 50.0
+        return out.astype(np.float32)
+
+
+def test_pipeline_passes_flagged_slices_through_unchanged(
+    slices: tuple[np.ndarray, np.ndarray, float],
+) -> None:
+    low, _, spacing = slices
+    spot = _flat_spot(low, int(8 / spacing))
+    pipe = CTDenoisePipeline(_Hallucinating(spot, 4.0 / spacing), parse_params({}))
+    vol = Volume(np.stack([low, low]).astype(np.float32), "CT", "HU", (spacing, spacing))
+    result = pipe.run(vol)
+    assert result.flagged_slices == [0]
+    assert np.array_equal(result.volume.voxels[0], low)
+    assert not np.array_equal(result.volume.voxels[1], low)
+    assert result.qa[0].reasons and result.qa[1].passed
+    assert set(result.qa[0].metrics) >= {"bias_hu", "noise_ratio", "structure_mm2"}

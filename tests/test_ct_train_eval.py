@@ -1,0 +1,52 @@
+"""Tests of ``radnode train/evaluate ct-denoise`` in smoke and quick modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.base import Volume, sha256_file
+from pipelines.ct_denoise import entry
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_smoke_writes_loadable_pinned_weights(tmp_path: Path) -> None:
+    train = entry().train
+    assert train is not None
+    assert train(["--smoke", "--out", str(tmp_path), "--cache", "none", "--seed", "3"]) == 0
+    weights = tmp_path / "ct_denoise_rescnn_v1.pt"
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["sha256"] == sha256_file(weights)
+    assert record["config"]["seed"] == 3
+    pipe = entry().factory({"weights": str(weights), "weights_sha256": record["sha256"]})
+    vol = Volume(np.zeros((1, 32, 32), np.float32), "CT", "HU")
+    assert pipe.run(vol).volume.voxels.shape == (1, 32, 32)
+    # Same seed, same weights.
+    again = tmp_path / "again"
+    assert train(["--smoke", "--out", str(again), "--cache", "none", "--seed", "3"]) == 0
+    assert sha256_file(again / "ct_denoise_rescnn_v1.pt") == record["sha256"]
+
+
+def test_evaluate_quick_writes_report_and_json(tmp_path: Path) -> None:
+    evaluate = entry().evaluate
+    assert evaluate is not None
+    assert evaluate(["--quick", "--out", str(tmp_path), "--cache", "none"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    report = (tmp_path / "report.md").read_text()
+    assert "[-160, 240]" in report and "[-1000, 1000]" in report
+    for tier in ("pixel_simulated", "task"):
+        assert metrics[tier]
+    assert set(metrics["task"]["model"]["inserts"]) == {
+        "3mm/14HU",
+        "5mm/7HU",
+        "7mm/5HU",
+        "10mm/3HU",
+    }
+    assert {"psnr_soft", "ssim_soft", "rmse_wide", "bias_hu"} <= set(
+        metrics["pixel_simulated"]["model"]
+    )
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
