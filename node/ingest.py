@@ -7,18 +7,17 @@ persist, record, answer) and so the rules can be tested without a network.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from sqlalchemy import Table, case, update
 
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.db import Database, Instance, Series, upsert, utcnow
 from node.errors import InvalidInstanceError
 from node.spool import Spool, check_uid
@@ -120,13 +119,42 @@ def identify(ds: Dataset, transfer_syntax: UID) -> Identity:
     return identity
 
 
-def encode_file(file_meta: FileMetaDataset, raw_dataset: bytes) -> list[bytes]:
+def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group 0002 element in Explicit VR Little Endian with a 2-byte length."""
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _pad(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def encode_file_meta(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """File Meta Information (PS3.10 7.1) of a received instance, encoded directly.
+
+    Written for every received instance, so it skips building and writing a
+    pydicom dataset. The implementation is radnode's (the writer of the file);
+    Source Application Entity Title is the sender's.
+    """
+    body = b"".join(
+        [
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _short_element(0x0002, b"UI", _pad(sop_class_uid, b"\x00")),
+            _short_element(0x0003, b"UI", _pad(sop_instance_uid, b"\x00")),
+            _short_element(0x0010, b"UI", _pad(transfer_syntax, b"\x00")),
+            _short_element(0x0012, b"UI", _pad(IMPLEMENTATION_CLASS_UID, b"\x00")),
+            _short_element(0x0013, b"SH", _pad(IMPLEMENTATION_VERSION_NAME, b" ")),
+            _short_element(0x0016, b"AE", _pad(source_ae[:16] or "UNKNOWN", b" ")),
+        ]
+    )
+    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
+
+
+def encode_file(meta: bytes, raw_dataset: bytes) -> list[bytes]:
     """The DICOM File Format (PS3.10 7.1): preamble, prefix, meta, dataset."""
-    meta = DicomBytesIO()
-    meta.is_little_endian = True
-    meta.is_implicit_VR = False
-    write_file_meta_info(meta, file_meta, enforce_standard=True)
-    return [b"\x00" * 128, b"DICM", meta.getvalue(), raw_dataset]
+    return [b"\x00" * 128, b"DICM", meta, raw_dataset]
 
 
 class Ingest:
@@ -143,7 +171,7 @@ class Ingest:
         self,
         ds: Dataset,
         raw_dataset: bytes,
-        file_meta: FileMetaDataset,
+        transfer_syntax: str,
         calling_ae: str,
         expected: tuple[str, str] | None = None,
     ) -> Accepted:
@@ -154,7 +182,7 @@ class Ingest:
         stored again. ``expected`` is the (SOP Class, SOP Instance) UID pair
         of the C-STORE request, which the dataset must repeat (PS3.4 B.2.3).
         """
-        ts = UID(str(file_meta.TransferSyntaxUID))
+        ts = UID(transfer_syntax)
         identity = identify(ds, ts)
         if expected is not None:
             if identity.sop_class_uid != expected[0]:
@@ -173,8 +201,11 @@ class Ingest:
         # keep it (the index below then reports the duplicate).
         target = self.spool.path(relative)
         wrote = not target.exists()
+        meta = encode_file_meta(
+            identity.sop_class_uid, identity.sop_instance_uid, str(ts), calling_ae
+        )
         size = (
-            self.spool.write(relative, encode_file(file_meta, raw_dataset))
+            self.spool.write(relative, encode_file(meta, raw_dataset))
             if wrote
             else target.stat().st_size
         )

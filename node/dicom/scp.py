@@ -248,7 +248,7 @@ class StorageSCP:
             accepted = self.ingest.accept(
                 ds,
                 raw,
-                event.file_meta,
+                str(event.context.transfer_syntax),
                 calling,
                 expected=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
             )
