@@ -12,12 +12,11 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
-import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +37,7 @@ from node import (
 )
 from node import provenance as prov
 from node.errors import JobError
+from node.spool import write_atomic
 from pipelines.base import Result, SliceQA
 
 logger = logging.getLogger(__name__)
@@ -619,29 +619,12 @@ def write_outputs(
             # The UID becomes a file name: only a valid UID (PS3.5 9.1) is safe.
             raise JobError(f"Output SOP Instance UID {uid!r} is not a valid UID.")
         path = out_dir / f"{uid}.dcm"
-        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                ds.save_as(fh, enforce_file_format=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(out_dir)
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        write_atomic(path, [buffer.getvalue()])
         paths.append(path)
     logger.info("wrote outputs", extra={"count": len(paths)})
     return paths
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX: the directory entry is data of the directory)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_radnode_output(ds: Dataset) -> bool:

@@ -13,7 +13,6 @@ import datetime as dt
 import fcntl
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from node import MANUFACTURER
-from node.errors import SigningError
+from node.errors import SigningError, StorageError
+from node.spool import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -66,36 +66,11 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one.
-
-    The temporary file is created with ``mode`` from the start (never
-    world-readable, not even briefly), fsync'd, renamed over ``path`` and the
-    directory fsync'd so the rename itself is durable.
-    """
+    """Write a key or certificate durably, created with ``mode`` from the start."""
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise SigningError(f"cannot create {path}: {exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        write_atomic(path, [data], mode=mode)
+    except StorageError as exc:
         raise SigningError(f"cannot write {path}: {exc}") from exc
 
 

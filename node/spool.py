@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import threading
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from node.errors import StorageError
@@ -30,7 +30,8 @@ def check_uid(value: str, what: str) -> str:
     return value
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make entries created or renamed in ``path`` durable (POSIX: they are its data)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -47,25 +48,39 @@ def _make_dirs(directory: Path) -> None:
         current = current.parent
     for folder in reversed(missing):
         folder.mkdir(exist_ok=True)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
 
 
-def write_atomic(path: Path, chunks: list[bytes]) -> int:
-    """Write ``chunks`` to ``path`` atomically and durably; return the size."""
-    # A unique temporary name: two associations may store the same new
-    # instance at the same moment.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    size = 0
+def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
+    """Write ``chunks`` to ``path`` atomically and durably; return the size.
+
+    The file is written under a unique temporary name in the same folder
+    (created with ``mode`` from the start, so a key is never readable by
+    others, not even briefly), fsync'd, renamed over ``path``, and the folder
+    fsync'd: a crash leaves the old file or the new one, never a part.
+
+    Raises
+    ------
+    StorageError
+        Naming the file and the operating system's reason.
+    """
     try:
         _make_dirs(path.parent)
-        with tmp.open("wb") as fh:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot create {path.name}: {exc.strerror}") from exc
+    tmp = Path(tmp_name)
+    size = 0
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
             for chunk in chunks:
                 fh.write(chunk)
                 size += len(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        tmp.replace(path)
-        _fsync_dir(path.parent)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path.name}: {exc.strerror}") from exc
