@@ -1,0 +1,116 @@
+"""Tests of mr-accel's k-space physics, simulation and metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.mr_accel.anatomy import procedural_anatomy
+from pipelines.mr_accel.kspace import (
+    acquired_lines,
+    central_box,
+    data_consistency,
+    dc_box_fraction,
+    fft2c,
+    floor_corrected,
+    ifft2c,
+    noise_floor_sigma,
+    phase_encode_axis,
+    rician_mean,
+)
+from pipelines.mr_accel.metrics import edge_sites, mean_rise_distance
+from pipelines.mr_accel.simulate import Acceleration, accelerate, line_mask
+
+
+def test_fft_round_trip_is_orthonormal() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((32, 48)).astype(np.float32)
+    k = fft2c(img)
+    assert np.isclose(np.linalg.norm(k), np.linalg.norm(img), rtol=1e-5)
+    np.testing.assert_allclose(ifft2c(k).real, img, atol=1e-5)
+
+
+def test_acquired_lines_coverage_and_partial_fourier() -> None:
+    lines = acquired_lines(256, 0.5)
+    assert lines.sum() == 128
+    assert lines[128] and not lines[0] and not lines[-1]
+    pf = acquired_lines(256, 0.5, partial_fourier=0.75)
+    assert pf.sum() == 96
+    # The missing partial-Fourier lines are on one side only; the centre is kept.
+    assert pf[128] and not pf[64] and pf[191]
+
+
+def test_phase_encode_direction_names() -> None:
+    assert phase_encode_axis("ROW") == -1
+    assert phase_encode_axis("COL") == -2
+    assert phase_encode_axis(None) is None
+
+
+def test_equispaced_mask_thins_the_outer_lines() -> None:
+    acc = Acceleration(coverage=0.75, mask="equispaced", acceleration=1.5)
+    mask = line_mask(128, acc, seed=1)
+    assert mask.sum() < acquired_lines(128, 0.75).sum()
+    assert mask[64]
+
+
+def test_data_consistency_keeps_the_central_kspace() -> None:
+    rng = np.random.default_rng(1)
+    measured = procedural_anatomy(rng, (128, 96))
+    # A restoration that got contrast and position wrong at low frequencies.
+    yy = np.linspace(0, 1, 128, dtype=np.float32)[:, None]
+    wrong = (1.2 * measured + 0.3 * yy + 0.05 * rng.standard_normal(measured.shape)).astype(
+        np.float32
+    )
+    fixed = data_consistency(wrong, measured, coverage=0.5)
+    box = central_box(measured.shape, dc_box_fraction(0.5))
+    k_fixed = fft2c(fixed)[box]
+    k_meas = fft2c(floor_corrected(measured, wrong))[box]
+    assert np.abs(k_fixed - k_meas).max() < 1e-4 * np.abs(k_meas).max()
+    # Without a noise floor the kept k-space is the measured image's own.
+    assert np.abs(k_fixed - fft2c(measured)[box]).max() < 0.05 * np.abs(k_meas).max()
+    # Outside the box the restoration's content is left alone.
+    outside = ~central_box(measured.shape, 0.5)
+    np.testing.assert_allclose(
+        np.abs(fft2c(fixed)[outside]), np.abs(fft2c(wrong)[outside]), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_data_consistency_removes_the_magnitude_noise_floor() -> None:
+    rng = np.random.default_rng(6)
+    clean = procedural_anatomy(rng, (128, 128))
+    sigma = 0.02
+    noise = sigma * (rng.standard_normal(clean.shape) + 1j * rng.standard_normal(clean.shape))
+    measured = np.abs(clean + noise).astype(np.float32)
+    # Background is Rayleigh: its mean is the floor the acquired k-space lacks.
+    assert abs(noise_floor_sigma(measured, clean) - sigma) < 0.1 * sigma
+    corrected = floor_corrected(measured, clean)
+    background = clean < 0.01
+    assert abs(float(corrected[background].mean())) < 0.1 * sigma
+    assert float(measured[background].mean()) > sigma
+    fixed = data_consistency(clean, measured, coverage=0.5)
+    box = central_box(clean.shape, dc_box_fraction(0.5))
+    k_ref = fft2c(corrected)[box]
+    assert np.abs(fft2c(fixed)[box] - k_ref).max() < 1e-4 * np.abs(k_ref).max()
+
+
+def test_rician_mean_limits() -> None:
+    amp = np.array([0.0, 10.0])
+    mean = rician_mean(amp, 1.0)
+    assert np.isclose(mean[0], np.sqrt(np.pi / 2))
+    assert np.isclose(mean[1], 10.0, rtol=1e-2)
+
+
+def test_simulation_breaks_hermitian_symmetry_and_blurs() -> None:
+    rng = np.random.default_rng(2)
+    clean = procedural_anatomy(rng, (128, 128))
+    fast = accelerate(clean, Acceleration(pe_axis=-2, coverage=0.5, noise=0.0), rng)
+    sites = edge_sites(clean, -2)
+    assert sites
+    assert mean_rise_distance(fast, sites, -2) > mean_rise_distance(clean, sites, -2)
+
+
+def test_simulated_noise_level_matches_fewer_averages() -> None:
+    rng = np.random.default_rng(3)
+    flat = np.ones((128, 128), np.float32)
+    noisy = accelerate(flat, Acceleration(coverage=1.0, noise=0.05), rng)
+    # At high SNR the magnitude's noise is the real channel's: complex std / sqrt(2).
+    assert 0.03 < float(noisy[32:96, 32:96].std()) < 0.04

@@ -1,0 +1,39 @@
+"""Smoke tests of ``radnode train mr-accel`` and ``radnode evaluate mr-accel``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.base import sha256_file
+from pipelines.mr_accel import entry
+
+
+@pytest.mark.slow
+def test_train_smoke_writes_pinned_weights(tmp_path: Path) -> None:
+    train = entry().train
+    assert train is not None
+    out = tmp_path / "w.pt"
+    assert train(["--smoke", "--no-progress", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["sha256"] == sha256_file(out)
+    assert meta["smoke"] is True
+    pipe = entry().factory({"weights": str(out), "weights_sha256": meta["sha256"]})
+    assert pipe.model_info().weights_sha256 == meta["sha256"]
+
+
+@pytest.mark.slow
+def test_evaluate_quick_writes_report_and_metrics(tmp_path: Path) -> None:
+    evaluate = entry().evaluate
+    assert evaluate is not None
+    assert evaluate(["--quick", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["datasets"]) == {"simulated", "real"}
+    for summary in metrics["datasets"].values():
+        assert {"input", "nlm", "cs", "mr-accel"} <= set(summary["methods"])
+        assert "psnr_gain_db" in summary["criteria"]
+    report = (tmp_path / "report.md").read_text()
+    assert "PSNR" in report and "crops_simulated.png" in report
+    assert list(tmp_path.glob("*.png"))
