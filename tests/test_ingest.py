@@ -8,6 +8,7 @@ from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import UID
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.ingest import encode_file, encode_file_meta
@@ -25,8 +26,8 @@ def test_file_meta_matches_what_pydicom_writes_and_reads(tmp_path: Path) -> None
     reference = FileMetaDataset()
     reference.MediaStorageSOPClassUID = ds.SOPClassUID
     reference.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    reference.TransferSyntaxUID = ts
-    reference.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    reference.TransferSyntaxUID = UID(ts)
+    reference.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
     reference.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     reference.SourceApplicationEntityTitle = "CT_SCANNER"
     expected = DicomBytesIO()
