@@ -13,7 +13,6 @@ import copy
 import datetime
 import logging
 import re
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -26,7 +25,7 @@ import pydicom
 from highdicom.sc import SCImage
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from node import (
     IMPLEMENTATION_CLASS_UID,
@@ -38,6 +37,7 @@ from node import (
 from node import provenance as prov
 from node.errors import JobError
 from node.spool import write_atomic
+from node.uids import output_uids
 from pipelines.base import Result, SliceQA
 
 logger = logging.getLogger(__name__)
@@ -172,52 +172,6 @@ class JobContext:
     pipeline: str
 
 
-def output_uids(
-    source_series_uid: str,
-    source_sop_uids: Sequence[str],
-    pipeline: str,
-    model_version: str,
-    *,
-    variant: str = "",
-    root: str | None = None,
-) -> tuple[str, list[str]]:
-    """Deterministic Series and SOP Instance UIDs of a job's outputs.
-
-    Each UID is pydicom's ``generate_uid`` with entropy sources: ``root``
-    (the site's UID root, or 2.25 when ``None``) followed by a number taken
-    from a SHA-512 of the source UIDs, the pipeline name and the model
-    version (at most 64 characters, PS3.5 9.1). Running a
-    job again thus replaces its result in the PACS instead of duplicating it,
-    while another pipeline or model version gives a new series.
-
-    Parameters
-    ----------
-    source_series_uid
-        Series Instance UID of the source series.
-    source_sop_uids
-        SOP Instance UIDs of the source slices, in output order.
-    pipeline
-        Registered pipeline name.
-    model_version
-        Model version of the result.
-    variant
-        Anything else that makes a different object from the same input
-        (e.g. ``"derived"`` output, whose SOP Class differs from SC), so that
-        one UID never names two SOP Classes. Empty for the default output.
-
-    Returns
-    -------
-    series_uid, sop_uids
-        The output series UID and one SOP Instance UID per source UID.
-    """
-    base = ["radnode", source_series_uid, pipeline, model_version]
-    if variant:
-        base.append(variant)
-    series_uid = _derived_uid(root, [*base, "series"])
-    sop_uids = [_derived_uid(root, [*base, "instance", uid]) for uid in source_sop_uids]
-    return str(series_uid), [str(u) for u in sop_uids]
-
-
 def uid_variant(ctx: JobContext, options: OutputOptions) -> str:
     """What besides the input, pipeline and model version makes an output distinct.
 
@@ -225,22 +179,6 @@ def uid_variant(ctx: JobContext, options: OutputOptions) -> str:
     objects) and the output kind (one UID never names two SOP Classes).
     """
     return f"{ctx.rule}|{options.kind}"
-
-
-#: Namespace of radnode's name-based (version 5) UUIDs.
-_UUID_NAMESPACE = uuid.UUID("5d0c2f0e-6f1b-5a55-9a37-7261646e6f64")
-
-
-def _derived_uid(root: str | None, parts: Sequence[str]) -> str:
-    """A UID that depends only on ``parts``: under ``root``, or 2.25 + UUIDv5.
-
-    pydicom's ``generate_uid`` draws a random UUID when no prefix is given,
-    so the 2.25 form (PS3.5 B.2) is built here from a name-based UUID.
-    """
-    if root is None:
-        name = "\x1f".join(str(p) for p in parts)
-        return f"2.25.{uuid.uuid5(_UUID_NAMESPACE, name).int}"
-    return str(generate_uid(prefix=root, entropy_srcs=[str(p) for p in parts]))
 
 
 def build_outputs(

@@ -17,8 +17,7 @@ from node.imaging import load_volume
 
 def _testdata(name: str) -> pydicom.Dataset:
     path = get_testdata_file(name)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} is not installed (pydicom-data)")
+    assert path is not None, f"pydicom test file {name} missing: run make install (pydicom-data)"
     return pydicom.dcmread(path)
 
 

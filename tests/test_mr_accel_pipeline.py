@@ -133,10 +133,12 @@ def test_fully_sampled_low_noise_input_stays_close() -> None:
 
 
 def test_real_fully_sampled_image_stays_close() -> None:
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     from pydicom.data import get_testdata_file
 
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    path = get_testdata_file("MR_small.dcm")
+    assert isinstance(path, str)
+    ds = pydicom.dcmread(path)
     voxels = ds.pixel_array.astype(np.float32)[None]
     result = create({}).run(Volume(voxels=voxels, modality="MR", unit="arbitrary"))
     assert _psnr(voxels[0], result.volume.voxels[0]) > 30.0
