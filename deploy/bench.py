@@ -24,15 +24,14 @@ from typing import Any
 
 from node.peers import (
     LOOPBACK,
-    Orthanc,
     Process,
     free_port,
-    node_settings_toml,
     run_tool,
     start_node,
     start_orthanc,
     start_storescp,
     wait_until,
+    write_ct_node_settings,
 )
 from node.samples import CT_512, make_series, write_series
 
@@ -45,29 +44,6 @@ def send(port: int, folder: Path, aec: str) -> float:
     if result.returncode != 0:
         raise RuntimeError(f"storescu to {aec} failed: {result.stderr[-500:]}")
     return elapsed
-
-
-def node_config(workdir: Path, port: int, http_port: int, orthanc: Orthanc, quiet: float) -> Path:
-    """Settings for a benchmark node delivering CT outputs to ``orthanc``."""
-    config = workdir / "settings.toml"
-    config.write_text(
-        node_settings_toml(
-            workdir,
-            port,
-            http_port,
-            [{"name": "pacs", "ae_title": orthanc.aet, "host": LOOPBACK, "port": orthanc.port}],
-            [
-                {
-                    "name": "ct",
-                    "pipeline": "ct-denoise",
-                    "destinations": ["pacs"],
-                    "match": {"Modality": "CT"},
-                }
-            ],
-            quiet_seconds=quiet,
-        )
-    )
-    return config
 
 
 def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) -> dict[str, Any]:
@@ -91,7 +67,10 @@ def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) 
         workdir = out / f"radnode-{r}"
         workdir.mkdir(parents=True)
         node = start_node(
-            node_config(workdir, port, http_port, pacs, 3600), workdir / "node.log", port, http_port
+            write_ct_node_settings(workdir, port, http_port, pacs, 3600),
+            workdir / "node.log",
+            port,
+            http_port,
         )
         try:
             results["radnode"].append(slices / send(port, folder, "RADNODE"))
@@ -118,7 +97,10 @@ def latency(out: Path, folder: Path, slices: int, quiet: float) -> dict[str, flo
     workdir = out / "latency-node"
     workdir.mkdir(parents=True)
     node = start_node(
-        node_config(workdir, port, http_port, pacs, quiet), workdir / "node.log", port, http_port
+        write_ct_node_settings(workdir, port, http_port, pacs, quiet),
+        workdir / "node.log",
+        port,
+        http_port,
     )
     try:
         send(port, folder, "RADNODE")

@@ -24,11 +24,11 @@ from pydicom import Dataset, dcmread
 from node.peers import (
     LOOPBACK,
     free_port,
-    node_settings_toml,
     run_tool,
     start_node,
     start_orthanc,
     wait_until,
+    write_ct_node_settings,
 )
 from node.samples import CT_512, make_series, write_series
 
@@ -101,24 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print("starting Orthanc ...", flush=True)
     orthanc = start_orthanc(out / "orthanc")
     node_port, http_port = free_port(), free_port()
-    config = out / "settings.toml"
-    config.write_text(
-        node_settings_toml(
-            out,
-            node_port,
-            http_port,
-            [{"name": "pacs", "ae_title": orthanc.aet, "host": LOOPBACK, "port": orthanc.port}],
-            [
-                {
-                    "name": "low-dose-ct",
-                    "pipeline": "ct-denoise",
-                    "destinations": ["pacs"],
-                    "match": {"Modality": "CT"},
-                }
-            ],
-            quiet_seconds=2,
-        )
-    )
+    config = write_ct_node_settings(out, node_port, http_port, orthanc, quiet_seconds=2)
     print("starting radnode ...", flush=True)
     node = start_node(config, out / "node.log", node_port, http_port)
     try:

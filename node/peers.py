@@ -238,6 +238,31 @@ def node_settings_toml(
     return "\n".join(lines) + "\n"
 
 
+def write_ct_node_settings(
+    workdir: Path, port: int, http_port: int, pacs: Orthanc, quiet_seconds: float
+) -> Path:
+    """settings.toml for a node sending ct-denoise outputs of CT series to ``pacs``."""
+    config = workdir / "settings.toml"
+    config.write_text(
+        node_settings_toml(
+            workdir,
+            port,
+            http_port,
+            [{"name": "pacs", "ae_title": pacs.aet, "host": LOOPBACK, "port": pacs.port}],
+            [
+                {
+                    "name": "low-dose-ct",
+                    "pipeline": "ct-denoise",
+                    "destinations": ["pacs"],
+                    "match": {"Modality": "CT"},
+                }
+            ],
+            quiet_seconds=quiet_seconds,
+        )
+    )
+    return config
+
+
 def start_node(
     config: Path, log: Path, port: int, http_port: int, timeout: float = 120.0
 ) -> Process:
