@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from node import audit
 from node.db import Database, Delivery, Instance, Job, Series, utcnow
-from node.errors import JobError
+from node.errors import ConfigError, JobError
 from node.imaging import load_volume
 from node.jobs import ClaimedJob, JobQueue, RetryableError
 from node.output import JobContext, OutputOptions, build_outputs, write_outputs
@@ -83,7 +83,9 @@ class Processor:
         heartbeat.start()
         try:
             self._run(job)
-        except (JobError, PipelineError) as exc:
+        except (JobError, PipelineError, ConfigError) as exc:
+            # Bad input, a pipeline that refuses it, or a rule no longer in
+            # settings.toml: another attempt would fail the same way.
             logger.error("job %d failed: %s", job.id, exc, extra=extra)
             self.queue.fail(job, str(exc), retry=False)
         except (RetryableError, OSError) as exc:
@@ -106,7 +108,7 @@ class Processor:
                 logger.exception("cannot renew the lease of job %d", job.id)
 
     def _load_sources(self, job: ClaimedJob) -> list[Dataset]:
-        with self.db.session() as session:
+        with self.db.read() as session:
             rows = (
                 session.execute(select(Instance).where(Instance.series_uid == job.series_uid))
                 .scalars()
