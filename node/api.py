@@ -137,16 +137,15 @@ class ApiServer:
     def _metrics(self) -> str:
         lines = []
         with self.db.read() as session:
-            for name, model, column in (
-                ("radnode_series", Series, Series.state),
-                ("radnode_jobs", Job, Job.state),
-                ("radnode_deliveries", Delivery, Delivery.state),
+            for name, column in (
+                ("radnode_series", Series.state),
+                ("radnode_jobs", Job.state),
+                ("radnode_deliveries", Delivery.state),
             ):
                 lines.append(f"# TYPE {name} gauge")
                 counts = session.execute(select(column, func.count()).group_by(column)).all()
                 for state, count in counts:
                     lines.append(f'{name}{{state="{state}"}} {count}')
-                del model
         return "\n".join(lines) + "\n"
 
     def _jobs(self, query: dict[str, str]) -> str:

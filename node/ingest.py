@@ -201,14 +201,13 @@ class Ingest:
         # keep it (the index below then reports the duplicate).
         target = self.spool.path(relative)
         wrote = not target.exists()
-        meta = encode_file_meta(
-            identity.sop_class_uid, identity.sop_instance_uid, str(ts), calling_ae
-        )
-        size = (
-            self.spool.write(relative, encode_file(meta, raw_dataset))
-            if wrote
-            else target.stat().st_size
-        )
+        if wrote:
+            meta = encode_file_meta(
+                identity.sop_class_uid, identity.sop_instance_uid, str(ts), calling_ae
+            )
+            size = self.spool.write(relative, encode_file(meta, raw_dataset))
+        else:
+            size = target.stat().st_size
         accepted = self._index(identity, relative, size, str(ts), calling_ae, origin)
         if accepted.duplicate and wrote:
             # The UID is indexed under another study or series: keep the

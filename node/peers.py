@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ class Process:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def stop(self, timeout: float = 20.0) -> int:
         """Terminate (SIGTERM, then SIGKILL) and return the exit code."""
@@ -272,7 +271,7 @@ def start_node(
     wait_for_port(port, proc, timeout)
     if http_port:
         wait_for_port(http_port, proc, timeout)
-    return Process(proc=proc, port=port, log=log, extra={"config": config, "http_port": http_port})
+    return Process(proc=proc, port=port, log=log)
 
 
 def run_tool(args: Sequence[str], timeout: float = 300.0) -> subprocess.CompletedProcess[str]:

@@ -72,7 +72,6 @@ class _AssociationLog:
     # Keyed by (study, series, patient).
     received: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     duplicates: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    rejected: int = 0
 
 
 class StorageSCP:
@@ -253,16 +252,14 @@ class StorageSCP:
                 expected=(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID)),
             )
         except InvalidInstanceError as exc:
-            return self._reject(event, calling, log, DATASET_DOES_NOT_MATCH, str(exc))
+            return self._reject(event, calling, DATASET_DOES_NOT_MATCH, str(exc))
         except (StorageError, SQLAlchemyError) as exc:
             # Disk full, or the index unreachable: the peer may try again later.
             logger.error("cannot store durably: %s", type(exc).__name__)
-            return self._reject(event, calling, log, OUT_OF_RESOURCES, f"cannot store: {exc}")
+            return self._reject(event, calling, OUT_OF_RESOURCES, f"cannot store: {exc}")
         except Exception as exc:
             logger.exception("C-STORE failed")
-            return self._reject(
-                event, calling, log, CANNOT_UNDERSTAND, f"{type(exc).__name__}: {exc}"
-            )
+            return self._reject(event, calling, CANNOT_UNDERSTAND, f"{type(exc).__name__}: {exc}")
         if log is not None:
             ident = accepted.identity
             key = (ident.study_uid, ident.series_uid, ident.patient_id)
@@ -273,13 +270,10 @@ class StorageSCP:
         self,
         event: evt.Event,
         calling: str,
-        log: _AssociationLog | None,
         code: int,
         reason: str,
     ) -> Dataset:
         logger.warning("C-STORE from %s refused (0x%04X): %s", calling, code, reason)
-        if log is not None:
-            log.rejected += 1
         try:
             with self.db.session() as session:
                 audit.record(
