@@ -82,6 +82,7 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let work in progress finish, and record the stop."""
         self.scp.stop()
+        self.ingest.close()
         if self.api is not None:
             self.api.stop()
         self.scheduler.shutdown(wait=True)
@@ -102,6 +103,9 @@ def build_node(settings: Settings) -> Node:
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    # pynetdicom's standard handlers format every PDU and DIMSE message for a
+    # debug log the node never shows (its logger is at WARNING): skip the work.
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 

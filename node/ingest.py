@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import cast
 
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from sqlalchemy import Table, case, update
+from sqlalchemy import Table, bindparam, case, select, update
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.db import Database, Instance, Series, upsert, utcnow
@@ -46,6 +47,8 @@ class Accepted:
     identity: Identity
     duplicate: bool
     origin: str
+    #: Where the indexed copy lives, relative to the spool root.
+    path: str
 
 
 def _required_uid(ds: Dataset, keyword: str) -> str:
@@ -157,6 +160,55 @@ def encode_file(meta: bytes, raw_dataset: bytes) -> list[bytes]:
     return [b"\x00" * 128, b"DICM", meta, raw_dataset]
 
 
+class _IndexStatements:
+    """The index's per-instance statements, built once (this runs per C-STORE)."""
+
+    def __init__(self, db: Database) -> None:
+        instances = cast(Table, Instance.__table__)
+        series = cast(Table, Series.__table__)
+        self.insert_instance = upsert(db, instances).on_conflict_do_nothing()
+        self.instance_path = select(instances.c.path).where(
+            instances.c.sop_instance_uid == bindparam("uid")
+        )
+        # A late instance of a completed series starts a new generation:
+        # completion runs again and its outputs replace the earlier ones.
+        late = series.c.state != "receiving"
+        self.count_instance = (
+            update(series)
+            .where(series.c.series_uid == bindparam("uid"))
+            .values(
+                instance_count=series.c.instance_count + 1,
+                last_received_at=bindparam("now"),
+                generation=case((late, series.c.generation + 1), else_=series.c.generation),
+                state="receiving",
+            )
+        )
+        # The first instance of a series; another association may insert it
+        # at the same moment (PostgreSQL), which then counts this one.
+        self.insert_series = (
+            upsert(db, series)
+            .values(
+                series_uid=bindparam("uid"),
+                study_uid=bindparam("study_uid"),
+                modality=bindparam("modality"),
+                patient_id=bindparam("patient_id"),
+                origin=bindparam("origin"),
+                state="receiving",
+                generation=1,
+                instance_count=1,
+                first_received_at=bindparam("now"),
+                last_received_at=bindparam("now"),
+            )
+            .on_conflict_do_update(
+                index_elements=[series.c.series_uid],
+                set_={
+                    "instance_count": series.c.instance_count + 1,
+                    "last_received_at": bindparam("now"),
+                },
+            )
+        )
+
+
 class Ingest:
     """Stores received instances in the spool and indexes them."""
 
@@ -166,6 +218,14 @@ class Ingest:
         self.db = db
         self.spool = spool
         self.is_own_output = is_own_output
+        self._statements = _IndexStatements(db)
+        # One durable write at a time per association; a few associations
+        # at once share these threads.
+        self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
+
+    def close(self) -> None:
+        """Wait for writes in progress and stop the writer threads."""
+        self._writer.shutdown(wait=True)
 
     def accept(
         self,
@@ -200,16 +260,33 @@ class Ingest:
         # A file already in the spool is the first copy of this instance:
         # keep it (the index below then reports the duplicate).
         target = self.spool.path(relative)
-        wrote = not target.exists()
-        if wrote:
-            meta = encode_file_meta(
-                identity.sop_class_uid, identity.sop_instance_uid, str(ts), calling_ae
+        if target.exists():
+            return self._index(
+                identity, relative, target.stat().st_size, str(ts), calling_ae, origin
             )
-            size = self.spool.write(relative, encode_file(meta, raw_dataset))
-        else:
-            size = target.stat().st_size
-        accepted = self._index(identity, relative, size, str(ts), calling_ae, origin)
-        if accepted.duplicate and wrote:
+        meta = encode_file_meta(
+            identity.sop_class_uid, identity.sop_instance_uid, str(ts), calling_ae
+        )
+        chunks = encode_file(meta, raw_dataset)
+        # The durable write (two fsyncs, which release the GIL) runs beside
+        # the index statements; the index commits only once the file is durable.
+        writing = self._writer.submit(self.spool.write, relative, chunks)
+        try:
+            accepted = self._index(
+                identity,
+                relative,
+                sum(len(chunk) for chunk in chunks),
+                str(ts),
+                calling_ae,
+                origin,
+                before_commit=writing.result,
+            )
+        except BaseException:
+            # Let the write finish (a spooled file the index lacks is indexed
+            # at the next start, or when the peer sends it again).
+            wait([writing])
+            raise
+        if accepted.duplicate and accepted.path != relative:
             # The UID is indexed under another study or series: keep the
             # first copy only, leave no unindexed file behind.
             target.unlink(missing_ok=True)
@@ -222,7 +299,6 @@ class Ingest:
         again; indexing it now keeps it from being stored twice.
         """
         from pydicom import dcmread
-        from sqlalchemy import select
 
         with self.db.session() as session:
             known = set(session.execute(select(Instance.path)).scalars())
@@ -255,63 +331,50 @@ class Ingest:
         transfer_syntax: str,
         calling_ae: str,
         origin: str,
+        before_commit: Callable[[], object] | None = None,
     ) -> Accepted:
-        # Core statements, not the ORM: this runs once per received instance.
+        """Index one spooled instance; ``before_commit`` runs inside the transaction.
+
+        ``before_commit`` (waiting for the file to be durable) runs after the
+        statements and before the commit, also for a duplicate; when it raises,
+        nothing is indexed.
+        """
         now = utcnow()
-        instances = cast(Table, Instance.__table__)
-        series = cast(Table, Series.__table__)
+        statements = self._statements
         with self.db.engine.begin() as conn:
             inserted = conn.execute(
-                upsert(self.db, instances)
-                .values(
-                    sop_instance_uid=identity.sop_instance_uid,
-                    sop_class_uid=identity.sop_class_uid,
-                    study_uid=identity.study_uid,
-                    series_uid=identity.series_uid,
-                    path=relative,
-                    transfer_syntax=transfer_syntax,
-                    size=size,
-                    calling_ae=calling_ae,
-                    received_at=now,
-                )
-                .on_conflict_do_nothing()
+                statements.insert_instance,
+                {
+                    "sop_instance_uid": identity.sop_instance_uid,
+                    "sop_class_uid": identity.sop_class_uid,
+                    "study_uid": identity.study_uid,
+                    "series_uid": identity.series_uid,
+                    "path": relative,
+                    "transfer_syntax": transfer_syntax,
+                    "size": size,
+                    "calling_ae": calling_ae,
+                    "received_at": now,
+                },
             )
             if not inserted.rowcount:
-                return Accepted(identity, duplicate=True, origin=origin)
-            # A late instance of a completed series starts a new generation:
-            # completion runs again and its outputs replace the earlier ones.
-            late = series.c.state != "receiving"
-            updated = conn.execute(
-                update(series)
-                .where(series.c.series_uid == identity.series_uid)
-                .values(
-                    instance_count=series.c.instance_count + 1,
-                    last_received_at=now,
-                    generation=case((late, series.c.generation + 1), else_=series.c.generation),
-                    state="receiving",
-                )
-            )
-            if not updated.rowcount:
+                first = conn.execute(
+                    statements.instance_path, {"uid": identity.sop_instance_uid}
+                ).scalar_one()
+                if before_commit is not None:
+                    before_commit()
+                return Accepted(identity, duplicate=True, origin=origin, path=first)
+            series = {"uid": identity.series_uid, "now": now}
+            if not conn.execute(statements.count_instance, series).rowcount:
                 conn.execute(
-                    upsert(self.db, series)
-                    .values(
-                        series_uid=identity.series_uid,
-                        study_uid=identity.study_uid,
-                        modality=identity.modality,
-                        patient_id=identity.patient_id,
-                        origin=origin,
-                        state="receiving",
-                        generation=1,
-                        instance_count=1,
-                        first_received_at=now,
-                        last_received_at=now,
-                    )
-                    .on_conflict_do_update(
-                        index_elements=[series.c.series_uid],
-                        set_={
-                            "instance_count": series.c.instance_count + 1,
-                            "last_received_at": now,
-                        },
-                    )
+                    statements.insert_series,
+                    {
+                        **series,
+                        "study_uid": identity.study_uid,
+                        "modality": identity.modality,
+                        "patient_id": identity.patient_id,
+                        "origin": origin,
+                    },
                 )
-        return Accepted(identity, duplicate=False, origin=origin)
+            if before_commit is not None:
+                before_commit()
+        return Accepted(identity, duplicate=False, origin=origin, path=relative)

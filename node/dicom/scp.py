@@ -63,6 +63,19 @@ def _is_tls(event: evt.Event) -> bool:
     return transport is not None and isinstance(transport.socket, ssl.SSLSocket)
 
 
+#: How long an association's DUL thread sleeps when it has nothing to do.
+#: pynetdicom's default (1 ms) adds up to a millisecond twice per C-STORE
+#: (reading the next request, sending the response); a tenth of it costs a
+#: little CPU only while an association is open.
+DUL_POLL_SECONDS = 0.0001
+
+
+def _poll_faster(assoc: Any) -> None:
+    dul = getattr(assoc, "dul", None)
+    if dul is not None and hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_POLL_SECONDS
+
+
 @dataclass
 class _AssociationLog:
     """What one association delivered, summarised in the audit log at its end."""
@@ -150,6 +163,7 @@ class StorageSCP:
         return 0x0000
 
     def _on_accepted(self, event: evt.Event) -> None:
+        _poll_faster(event.assoc)
         requestor = event.assoc.requestor
         log = _AssociationLog(
             calling_ae=str(requestor.ae_title).strip(), address=str(requestor.address)
