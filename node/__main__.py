@@ -19,7 +19,7 @@ from node.api import ApiServer
 from node.completion import Completion
 from node.db import Database, make_engine
 from node.delivery import Dispatcher
-from node.dicom.scp import StorageSCP
+from node.dicom.scp import ReceiptJournal, StorageSCP
 from node.ingest import Ingest
 from node.jobs import JobQueue, WorkerPool, worker_identity
 from node.output import is_radnode_output
@@ -63,6 +63,9 @@ class Node:
         reindexed = self.ingest.reindex_spool()
         if reindexed:
             logger.info("re-indexed %d spooled instance(s) the index lacked", reindexed)
+        receipts = self.scp.journal.recover(self.db)
+        if receipts:
+            logger.warning("audited the receipts of %d association(s) cut off by a stop", receipts)
         with self.db.session() as session:
             audit.ensure_head(session)
             audit.record(
@@ -167,7 +170,7 @@ def build_node(settings: Settings) -> Node:
     )
     # Jobs that a dead process on this host held are not waited for.
     queue.release_dead_local(socket.gethostname())
-    scp = StorageSCP(settings.node, db, ingest, spool)
+    scp = StorageSCP(settings.node, db, ingest, spool, ReceiptJournal(data_dir / "associations"))
     api = (
         ApiServer(settings.node.http_host, settings.node.http_port, db, scp)
         if settings.node.http_port

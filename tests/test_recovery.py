@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from node.peers import LOOPBACK, Orthanc, free_port, run_tool, start_orthanc, wait_until
 from node.samples import CT_128, make_series, write_series
@@ -59,6 +62,13 @@ def test_restart_mid_series_loses_nothing(
     series = make_series(CT_128, slices=4)
     files = write_series(series, tmp_path / "in")
     storescu(node_runner.port, files[:2])
+    # The association ended: its receipt is audited (just after the release
+    # is answered) and its journal entry gone.
+    query = f"/audit?series={series[0].SeriesInstanceUID}&event=instances-received"
+    received = wait_until(lambda: node_runner.http(query), 30, "the receipt record")
+    assert [r["detail"]["instances"] for r in received] == [2]
+    journal = node_runner.data_dir / "associations"
+    wait_until(lambda: not list(journal.glob("*.json")), 30, "the journal entry removed")
     node_runner.kill()  # SIGKILL: no chance to tidy up
     node_runner.start()
     storescu(node_runner.port, files[2:])
@@ -70,6 +80,37 @@ def test_restart_mid_series_loses_nothing(
         for i in found["Instances"]
     }
     assert sources == {str(ds.SOPInstanceUID) for ds in series}
+
+
+def test_receipts_of_an_association_cut_off_by_a_kill_are_audited(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()], quiet_seconds=3)
+    node_runner.start()
+    series = make_series(CT_128, slices=3)
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, node_runner.port, ae_title="RADNODE")
+    assert assoc.is_established
+    try:
+        for ds in series:
+            status = assoc.send_c_store(ds)
+            assert status.Status == 0x0000
+        node_runner.kill()  # the association never ends on the node's side
+    finally:
+        assoc.abort()
+    node_runner.start()
+    series_uid = str(series[0].SeriesInstanceUID)
+    received = node_runner.http(f"/audit?series={series_uid}&event=instances-received")
+    assert len(received) == 1
+    record = received[0]
+    assert record["actor"] == "SCANNER"
+    assert record["detail"]["instances"] == 3
+    assert record["detail"]["aborted"] is True
+    assert "recovered" in record["detail"]
+    assert list((node_runner.data_dir / "associations").glob("*.json")) == []
+    # The series itself goes on as if nothing happened.
+    wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 3)
 
 
 def test_pacs_down_at_first_and_node_killed_mid_delivery(
