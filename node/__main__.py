@@ -141,6 +141,7 @@ def build_node(settings: Settings) -> Node:
         signer,
     )
     workers = WorkerPool(queue, processor.process, settings.node.workers, owner)
+    processor.on_hung = workers.abandon
     completion = Completion(
         db, spool, Router(settings.rules), settings.completion, on_queued=workers.wake
     )

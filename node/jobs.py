@@ -284,13 +284,42 @@ class WorkerPool:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._abandoned: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._started = 0
 
     def start(self) -> None:
         """Start the worker threads."""
-        for i in range(self.count):
-            thread = threading.Thread(target=self._loop, name=f"worker-{i}", daemon=True)
-            thread.start()
+        for _ in range(self.count):
+            self._start_one()
+
+    def _start_one(self) -> None:
+        with self._lock:
+            thread = threading.Thread(
+                target=self._loop, name=f"worker-{self._started}", daemon=True
+            )
+            self._started += 1
             self._threads.append(thread)
+        thread.start()
+
+    def abandon(self, thread: threading.Thread) -> None:
+        """Replace ``thread``, stuck in a job that timed out, by a new worker.
+
+        If the stuck job ever returns, that thread ends instead of claiming
+        more work, so the pool keeps ``count`` workers.
+        """
+        with self._lock:
+            if thread not in self._threads or self._stop.is_set():
+                return
+            self._threads.remove(thread)
+            self._abandoned.add(thread)
+        self._start_one()
+
+    @property
+    def alive(self) -> int:
+        """Worker threads serving the queue (not counting abandoned ones)."""
+        with self._lock:
+            return sum(thread.is_alive() for thread in self._threads)
 
     def wake(self) -> None:
         """Tell idle workers that a job was queued."""
@@ -300,9 +329,12 @@ class WorkerPool:
         """Stop after the jobs in progress finish (or ``timeout``)."""
         self._stop.set()
         self._wake.set()
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(timeout)
-        self._threads.clear()
+        with self._lock:
+            self._threads.clear()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -319,3 +351,8 @@ class WorkerPool:
                 self.process(job)
             except Exception:  # the edge of a worker: never let one job kill it
                 logger.exception("job %d crashed its worker loop", job.id)
+            with self._lock:
+                if threading.current_thread() in self._abandoned:
+                    # Replaced while stuck in that job: leave the work to the replacement.
+                    self._abandoned.discard(threading.current_thread())
+                    return

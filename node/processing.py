@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,14 @@ class PipelineCache:
                 self._pipelines[rule_name] = (pipeline, threading.Lock())
             return self._pipelines[rule_name]
 
+    def discard(self, rule_name: str) -> None:
+        """Forget the pipeline of ``rule_name``; the next job builds a new one.
+
+        For a pipeline that hung: its thread keeps the old instance and lock.
+        """
+        with self._lock:
+            self._pipelines.pop(rule_name, None)
+
 
 class Processor:
     """Turns a claimed job into durable outputs and pending deliveries."""
@@ -64,6 +73,7 @@ class Processor:
         outputs_dir: Path,
         signer: Signer | None,
         on_delivery: Callable[[], None] = lambda: None,
+        on_hung: Callable[[threading.Thread], None] = lambda thread: None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -73,13 +83,17 @@ class Processor:
         self.outputs_dir = outputs_dir
         self.signer = signer
         self.on_delivery = on_delivery
+        #: Told which worker thread is stuck in a job that timed out.
+        self.on_hung = on_hung
 
     def process(self, job: ClaimedJob) -> None:
         """Run ``job``; every outcome is recorded in the index and the audit log."""
         extra = {"job": job.id, "series": job.series_uid}
         logger.info("job %d started (%s)", job.id, job.pipeline, extra=extra)
         stop = threading.Event()
-        heartbeat = threading.Thread(target=self._renew, args=(job, stop), daemon=True)
+        heartbeat = threading.Thread(
+            target=self._watch, args=(job, stop, threading.current_thread()), daemon=True
+        )
         heartbeat.start()
         try:
             self._run(job)
@@ -98,14 +112,46 @@ class Processor:
             stop.set()
             heartbeat.join()
 
-    def _renew(self, job: ClaimedJob, stop: threading.Event) -> None:
-        interval = max(self.queue.settings.lease_seconds / 3.0, 1.0)
-        while not stop.wait(interval):
+    def _watch(self, job: ClaimedJob, stop: threading.Event, worker: threading.Thread) -> None:
+        """Renew the job's lease while it runs; give up on it past the timeout."""
+        settings = self.queue.settings
+        interval = max(settings.lease_seconds / 3.0, 1.0)
+        deadline = time.monotonic() + settings.timeout_seconds if settings.timeout_seconds else None
+        while True:
+            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+            if stop.wait(max(wait, 0.0)):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                self._time_out(job, worker)
+                return
             try:
                 if not self.queue.renew(job):
                     return
             except Exception:
                 logger.exception("cannot renew the lease of job %d", job.id)
+
+    def _time_out(self, job: ClaimedJob, worker: threading.Thread) -> None:
+        """Fail a job whose pipeline does not return, and replace its worker.
+
+        A thread cannot be stopped from outside: the stuck one keeps its
+        pipeline instance, and whatever it returns later is discarded (the
+        job's lease is no longer its own). The rule's next job builds a new
+        pipeline instance, and a new worker takes the stuck one's place.
+        """
+        timeout = self.queue.settings.timeout_seconds
+        logger.error(
+            "job %d still running after %.0f s: failed, its worker replaced",
+            job.id,
+            timeout,
+            extra={"job": job.id, "series": job.series_uid},
+        )
+        self.pipelines.discard(job.rule)
+        try:
+            self.queue.fail(job, f"timed out: still running after {timeout:.0f} s", retry=True)
+        except Exception:
+            # The lease then runs out and the job is queued again that way.
+            logger.exception("cannot record the time-out of job %d", job.id)
+        self.on_hung(worker)
 
     def _load_sources(self, job: ClaimedJob) -> list[Dataset]:
         with self.db.read() as session:

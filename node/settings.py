@@ -147,6 +147,9 @@ class JobSettings(_Strict):
 
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     lease_seconds: Annotated[float, Field(ge=5)] = 300.0
+    #: A job still running after this long is failed (and retried) and its
+    #: worker replaced; 0 = no limit.
+    timeout_seconds: Annotated[float, Field(ge=0)] = 3600.0
 
 
 class RetentionSettings(_Strict):

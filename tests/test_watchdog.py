@@ -1,0 +1,150 @@
+"""A pipeline that never returns: its job times out, is retried, and its worker is replaced."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import select
+
+from node import audit
+from node.db import Database, Job, Series, make_engine, utcnow
+from node.ingest import Ingest
+from node.jobs import JobQueue, WorkerPool
+from node.peers import wait_until
+from node.processing import PipelineCache, Processor
+from node.samples import CT_128, make_series
+from node.settings import parse_settings
+from node.spool import Spool
+from pipelines.base import (
+    ModelInfo,
+    ParamValue,
+    Pipeline,
+    PipelineEntry,
+    Registry,
+    Result,
+    Volume,
+)
+
+
+class Hangs:
+    """A pipeline stuck until ``release`` is set (as a deadlocked library would be)."""
+
+    name = "hangs"
+    modalities: tuple[str, ...] = ("CT",)
+    built = 0
+    release = threading.Event()
+
+    def __init__(self) -> None:
+        Hangs.built += 1
+
+    def model_info(self) -> ModelInfo:
+        raise NotImplementedError  # never reached: run() does not return
+
+    def run(self, volume: Volume) -> Result:
+        Hangs.release.wait(60)
+        raise RuntimeError("released by the test")
+
+
+def _factory(params: Mapping[str, ParamValue]) -> Pipeline:
+    return Hangs()
+
+
+def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> None:
+    registry = Registry()
+    registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
+    settings = parse_settings(
+        {
+            "node": {"data_dir": str(tmp_path)},
+            "jobs": {"timeout_seconds": 1, "max_attempts": 2},
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
+            ],
+            "rules": [{"name": "r", "pipeline": "hangs", "destinations": ["pacs"], "match": {}}],
+        },
+        registry=registry,
+    )
+    db = Database(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
+    spool = Spool(tmp_path / "spool")
+    ingest = Ingest(db, spool, lambda ds: False)
+    series = make_series(CT_128, slices=2)
+    for ds in series:
+        ingest.accept(ds, _raw(ds), "1.2.840.10008.1.2.1", "SCU")
+    ingest.close()
+    series_uid = str(series[0].SeriesInstanceUID)
+    now = utcnow()
+    with db.session() as session:
+        row = session.get(Series, series_uid)
+        assert row is not None
+        row.state = "complete"
+        session.add(
+            Job(
+                series_uid=series_uid,
+                study_uid=str(series[0].StudyInstanceUID),
+                generation=1,
+                rule="r",
+                pipeline="hangs",
+                not_before=now,
+                created_at=now,
+            )
+        )
+    queue = JobQueue(db, settings.jobs)
+    processor = Processor(
+        db, settings, spool, queue, PipelineCache(registry, settings), tmp_path / "out", None
+    )
+    workers = WorkerPool(queue, processor.process, 1, "test:1")
+    processor.on_hung = workers.abandon
+    workers.start()
+    try:
+
+        def retried() -> Job | None:
+            with db.read() as session:
+                job = session.scalars(select(Job)).one()
+                return job if job.state == "queued" and job.attempts == 1 else None
+
+        job = wait_until(retried, 30, "the hung job queued again")
+        assert job.error is not None and "timed out" in job.error
+        with db.read() as session:
+            records = audit.query(session, events=["job-retried"])
+        assert len(records) == 1 and "timed out" in records[0].detail
+        # The stuck thread is replaced (just after the failure is recorded):
+        # the pool still serves the queue.
+        wait_until(lambda: _running("worker-1"), 10, "a replacement worker")
+        assert workers.alive == 1  # the stuck worker-0 no longer counts
+        # The second attempt runs in a new pipeline instance (the first one's
+        # lock is held by the stuck thread) and times out too: failed for good.
+        with db.session() as session:
+            session.execute(
+                Job.__table__.update().values(not_before=utcnow())  # type: ignore[attr-defined]
+            )
+        workers.wake()
+
+        def failed() -> bool:
+            with db.read() as session:
+                return session.scalars(select(Job.state)).one() == "failed"
+
+        wait_until(failed, 30, "the job failed after its attempts")
+        assert Hangs.built == 2
+        wait_until(lambda: _running("worker-2"), 10, "a second replacement worker")
+        assert workers.alive == 1
+    finally:
+        Hangs.release.set()
+        workers.stop()
+        db.close()
+
+
+def _running(name: str) -> bool:
+    return any(thread.name == name for thread in threading.enumerate())
+
+
+def _raw(ds: object) -> bytes:
+    from pydicom import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    assert isinstance(ds, Dataset)
+    raw = DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, False
+    write_dataset(raw, ds)
+    return bytes(raw.getvalue())
