@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from pipelines.base import SliceQA
+from pipelines.stats import upper_percentile
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -30,7 +32,15 @@ def tissue_mask(image: FloatArray, low: float = -300.0, high: float = 300.0) -> 
     numpy.ndarray
         Boolean mask of the same shape.
     """
-    smooth = ndi.uniform_filter(image.astype(np.float32), size=5)
+    return _in_band(_smooth5(image), low, high)
+
+
+def _smooth5(image: FloatArray) -> FloatArray:
+    """The 5 x 5 box mean that the tissue and body masks threshold."""
+    return np.asarray(ndi.uniform_filter(image.astype(np.float32), size=5), dtype=np.float32)
+
+
+def _in_band(smooth: FloatArray, low: float, high: float) -> BoolArray:
     mask: BoolArray = (smooth > low) & (smooth < high)
     return mask
 
@@ -48,6 +58,18 @@ def local_sd(image: FloatArray, size: int) -> FloatArray:
     return np.asarray(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)), dtype=np.float32)
 
 
+def median_local_sd(image: FloatArray, mask: BoolArray, size: int) -> float:
+    """Median of :func:`local_sd` over ``mask``.
+
+    The same arithmetic as :func:`local_sd`, with the variance's last steps
+    taken only on the masked pixels.
+    """
+    x = image.astype(np.float32) - np.float32(np.mean(image))
+    mean = ndi.uniform_filter(x, size=size)[mask]
+    mean_sq = ndi.uniform_filter(x * x, size=size)[mask]
+    return float(np.median(np.sqrt(np.maximum(mean_sq - mean * mean, np.float32(0.0)))))
+
+
 def flat_mask(image: FloatArray, size: int = 9) -> BoolArray:
     """Soft-tissue pixels away from edges: the places where SD is noise, not anatomy.
 
@@ -55,14 +77,25 @@ def flat_mask(image: FloatArray, size: int = 9) -> BoolArray:
     gives; the threshold is taken relative to the median gradient inside tissue.
     """
     tissue = tissue_mask(image)
-    smooth = ndi.gaussian_filter(image.astype(np.float32), 2.0)
-    grad = np.hypot(ndi.sobel(smooth, 0), ndi.sobel(smooth, 1))
-    if tissue.sum() < 64:
+    if np.count_nonzero(tissue) < 64:
         return tissue
+    grad = _gradient(ndi.gaussian_filter(image.astype(np.float32), 2.0))
     edge = grad > 3.0 * float(np.median(grad[tissue])) + 1e-6
-    edge = ndi.binary_dilation(edge, iterations=size // 2)
-    flat: BoolArray = tissue & ~edge
-    return flat if flat.sum() >= 64 else tissue
+    flat: BoolArray = tissue & ~_dilate_diamond(edge, size // 2)
+    return flat if np.count_nonzero(flat) >= 64 else tissue
+
+
+def _dilate_diamond(mask: BoolArray, radius: int) -> BoolArray:
+    """``ndimage.binary_dilation(mask, iterations=radius)`` (3 x 3 cross), by shifts."""
+    out = mask.copy()
+    for _ in range(radius):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out
 
 
 def estimate_noise_sd(image: FloatArray, size: int = 9, max_size: int = 256) -> float:
@@ -91,9 +124,9 @@ def estimate_noise_sd(image: FloatArray, size: int = 9, max_size: int = 256) -> 
     """
     img = _central(np.asarray(image, dtype=np.float32), max_size)
     mask = flat_mask(img, size)
-    if mask.sum() < 16:
+    if np.count_nonzero(mask) < 16:
         return 0.0
-    return float(np.median(local_sd(img, size)[mask]))
+    return median_local_sd(img, mask, size)
 
 
 def _central(image: FloatArray, max_size: int) -> FloatArray:
@@ -109,8 +142,13 @@ def block_mean(image: FloatArray, factor: int) -> FloatArray:
         return image.astype(np.float32)
     rows = image.shape[0] // factor * factor
     cols = image.shape[1] // factor * factor
-    blocks = image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
-    return np.asarray(blocks.mean(axis=(1, 3), dtype=np.float32), dtype=np.float32)
+    x = np.asarray(image, dtype=np.float32)
+    # A sum of strided views: several times faster than a reshaped mean.
+    total = np.zeros((rows // factor, cols // factor), dtype=np.float32)
+    for r in range(factor):
+        for c in range(factor):
+            total += x[r:rows:factor, c:cols:factor]
+    return np.asarray(total / np.float32(factor * factor), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -155,22 +193,33 @@ class GateThresholds:
 def region_bias(before: FloatArray, after: FloatArray, region_px: int, mask: BoolArray) -> float:
     """Largest absolute mean change over square tissue regions of ``region_px``."""
     diff = ((after - before) * mask).astype(np.float32)
-    cover = ndi.uniform_filter(mask.astype(np.float32), size=region_px)
-    mean = ndi.uniform_filter(diff, size=region_px)
-    # Only regions mostly made of tissue: the mean of a few pixels is noise.
-    ok = cover > 0.6
     # Sample the regions on a half-overlapping grid to keep them independent-ish.
     step = max(region_px // 2, 1)
-    sel = np.zeros_like(ok)
-    sel[step // 2 :: step, step // 2 :: step] = True
-    sel &= ok
+    grid = (slice(step // 2, None, step), slice(step // 2, None, step))
+    cover = _box_mean_on_grid(mask.astype(np.float32), region_px, grid)
+    mean = _box_mean_on_grid(diff, region_px, grid)
+    # Only regions mostly made of tissue: the mean of a few pixels is noise.
+    sel = cover > 0.6
     if not sel.any():
         return 0.0
     return float(np.max(np.abs(mean[sel] / cover[sel])))
 
 
+def _box_mean_on_grid(image: FloatArray, size: int, grid: tuple[slice, slice]) -> FloatArray:
+    """``ndimage.uniform_filter(image, size)[grid]``, filtering only the grid's rows and columns.
+
+    The box filter is separable: along the rows for the grid's columns only,
+    then along the columns of that narrow strip.
+    """
+    strip = ndi.uniform_filter1d(image, size, axis=1)[:, grid[1]]
+    return np.asarray(ndi.uniform_filter1d(strip, size, axis=0)[grid[0]], dtype=np.float32)
+
+
 def _gradient(smooth: FloatArray) -> FloatArray:
-    return np.asarray(np.hypot(ndi.sobel(smooth, 0), ndi.sobel(smooth, 1)), dtype=np.float32)
+    """Sobel gradient magnitude (float32; no overflow-safe ``hypot`` needed in HU)."""
+    g0 = ndi.sobel(smooth, 0)
+    g1 = ndi.sobel(smooth, 1)
+    return np.asarray(np.sqrt(g0 * g0 + g1 * g1), dtype=np.float32)
 
 
 def edge_correlation(
@@ -182,29 +231,53 @@ def edge_correlation(
     follow the edges; a blurred edge leaves its detail in the residual, right
     on the edge. ``edges`` is the gradient magnitude of the smoothed input.
     """
-    if body.sum() < 64:
+    if np.count_nonzero(body) < 64:
         return 0.0
     # Clip so bone and air borders do not outweigh soft-tissue edges.
     a = np.minimum(edges[body], 400.0).astype(np.float64)
     energy = ndi.gaussian_filter(np.abs(residual), sigma_px, truncate=3.0)
     b = energy[body].astype(np.float64)
-    if a.std() < 1e-6 or b.std() < 1e-6:
+    a -= a.mean()
+    b -= b.mean()
+    # Pearson's r from sums (as np.corrcoef, without its BLAS products, which
+    # would start threads inside the gate's own thread pool).
+    sa, sb = float(np.sum(a * a)), float(np.sum(b * b))
+    if sa < 1e-12 * a.size or sb < 1e-12 * b.size:
         return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
+    return float(np.sum(a * b)) / float(np.sqrt(sa * sb))
 
 
 def _tile_mad(values: FloatArray, mask: BoolArray, tile: int) -> FloatArray:
-    """Robust SD (1.4826 x median absolute value) per square tile, as a full-size map."""
+    """Robust SD (1.4826 x median absolute value) per square tile, as a full-size map.
+
+    Tiles less than a quarter inside ``mask`` get the whole mask's value. All
+    tiles' medians come from one sort (masked-out values sort last as +inf),
+    the same values as ``np.median`` tile by tile.
+    """
     rows, cols = values.shape
     global_scale = 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3
-    out = np.full(values.shape, global_scale, dtype=np.float32)
-    for r0 in range(0, rows, tile):
-        for c0 in range(0, cols, tile):
-            sel = mask[r0 : r0 + tile, c0 : c0 + tile]
-            if sel.sum() * 4 >= sel.size:
-                vals = np.abs(values[r0 : r0 + tile, c0 : c0 + tile][sel])
-                out[r0 : r0 + tile, c0 : c0 + tile] = 1.4826 * float(np.median(vals)) + 1e-3
-    return out
+    n_r, n_c = -(-rows // tile), -(-cols // tile)
+    padded = np.full((n_r * tile, n_c * tile), np.inf, dtype=np.float32)
+    padded[:rows, :cols] = np.where(mask, np.abs(values), np.float32(np.inf))
+    inside = np.zeros(padded.shape, dtype=bool)
+    inside[:rows, :cols] = True
+    count = _per_tile(mask.astype(np.int32), tile, n_r, n_c).sum(axis=-1)
+    size = _per_tile(inside, tile, n_r, n_c).sum(axis=-1)
+    ordered = np.sort(_per_tile(padded, tile, n_r, n_c), axis=-1)
+    lower = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)
+    upper = np.take_along_axis(ordered, (count // 2)[..., None], axis=-1)
+    median = ((lower + upper) / np.float32(2.0))[..., 0]
+    scale = np.where(count * 4 >= size, 1.4826 * median.astype(np.float64) + 1e-3, global_scale)
+    full = np.repeat(np.repeat(scale, tile, axis=0), tile, axis=1)
+    return np.asarray(full[:rows, :cols], dtype=np.float32)
+
+
+def _per_tile(image: npt.NDArray[np.generic], tile: int, n_r: int, n_c: int) -> npt.NDArray[Any]:
+    """``(n_r, n_c, tile * tile)``: the pixels of each tile of a padded image."""
+    padded = np.zeros((n_r * tile, n_c * tile), dtype=image.dtype)
+    padded[: image.shape[0], : image.shape[1]] = image
+    blocks = padded.reshape(n_r, tile, n_c, tile).transpose(0, 2, 1, 3)
+    return blocks.reshape(n_r, n_c, tile * tile)
 
 
 def structure_area_mm2(
@@ -215,22 +288,26 @@ def structure_area_mm2(
     z: float,
     pixel_area_mm2: float,
     floor_hu: float = 0.0,
+    edge_p90: float | None = None,
 ) -> float:
     """Largest connected area where the smoothed residual is structure, not noise.
 
     Smoothing keeps a blob (an invented or erased lesion) and averages noise
     away; the threshold is ``z`` robust SDs of the smoothed residual itself,
-    so it follows the noise level. The strongest input edges are left to
-    :func:`edge_correlation`.
+    so it follows the noise level. The strongest input edges (above the 90th
+    percentile of ``edges`` in the body, ``edge_p90`` when already known) are
+    left to :func:`edge_correlation`.
     """
-    if body.sum() < 64:
+    if np.count_nonzero(body) < 64:
         return 0.0
+    if edge_p90 is None:
+        edge_p90 = upper_percentile(edges[body], 90)
     smooth_res = ndi.gaussian_filter(residual, sigma_px, truncate=3.0)
     # CT noise is not stationary (it is highest where the rays are longest),
     # so the scale is a robust SD (MAD) per tile of ~15 smoothing widths:
     # local enough to follow the noise, robust so a lesion does not raise it.
     scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16))
-    strong_edge = ndi.maximum_filter(edges > np.percentile(edges[body], 90), size=5)
+    strong_edge = ndi.maximum_filter(edges > edge_p90, size=5)
     hot = (np.abs(smooth_res) > np.maximum(z * scale, floor_hu)) & body & ~strong_edge
     if not hot.any():
         return 0.0
@@ -277,23 +354,23 @@ def gate_slice(
     a = block_mean(np.asarray(after, dtype=np.float32), factor)
     spacing *= factor
     residual = b - a
-    tissue = tissue_mask(b)
+    # One 5 x 5 mean of the input gives the tissue and the body masks.
+    smooth5 = _smooth5(b)
+    tissue = _in_band(smooth5, -300.0, 300.0)
+    body = smooth5 > -500.0
     sigma_px = max(2.0 / spacing, 2.0)
     # One smoothed copy of the input serves the flat-region mask (noise), the
     # edge map (blurring) and the edge exclusion of the structure check.
     edges = _gradient(ndi.gaussian_filter(b, sigma_px, truncate=3.0))
-    body = ndi.uniform_filter(b, size=5) > -500.0
-    if tissue.sum() >= 64:
+    if np.count_nonzero(tissue) >= 64:
         edge = edges > 3.0 * float(np.median(edges[tissue])) + 1e-6
         flat = tissue & ~ndi.maximum_filter(edge, size=9)
-        if flat.sum() < 64:
+        if np.count_nonzero(flat) < 64:
             flat = tissue
     else:
         flat = tissue
-    if flat.sum() >= 16:
-        sd_in = float(np.median(local_sd(b, 9)[flat]))
-        sd_out = float(np.median(local_sd(a, 9)[flat]))
-        sd_res = float(np.median(local_sd(residual, 9)[flat]))
+    if np.count_nonzero(flat) >= 16:
+        sd_in, sd_out, sd_res = (median_local_sd(x, flat, 9) for x in (b, a, residual))
     else:
         sd_in = sd_out = sd_res = 0.0
     floor = max(sd_in, 1.0)
@@ -303,10 +380,18 @@ def gate_slice(
     # A correlation only means something when the residual on the edges is
     # large enough to matter; a near-identity output (normal-dose input) has
     # a few HU of residual whose pattern is irrelevant.
-    on_edges = body & (edges > np.percentile(edges[body], 90)) if body.any() else body
+    edge_p90 = upper_percentile(edges[body], 90) if body.any() else 0.0
+    on_edges = body & (edges > edge_p90) if body.any() else body
     edge_res = float(np.mean(np.abs(residual[on_edges]))) if on_edges.any() else 0.0
     area = structure_area_mm2(
-        edges, residual, body, sigma_px, th.structure_z, spacing**2, th.min_structure_hu
+        edges,
+        residual,
+        body,
+        sigma_px,
+        th.structure_z,
+        spacing**2,
+        th.min_structure_hu,
+        edge_p90=edge_p90,
     )
     sigma_in = sd_in if input_noise_sd is None else input_noise_sd
     metrics = {

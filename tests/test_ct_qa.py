@@ -12,7 +12,15 @@ from pipelines.ct_denoise.classical import nlm_denoise
 from pipelines.ct_denoise.phantoms import body_slice
 from pipelines.ct_denoise.pipeline import CTDenoisePipeline, parse_params
 from pipelines.ct_denoise.simulate import ParallelBeamProjector, simulate_pair
-from pipelines.qa import estimate_noise_sd, flat_mask, gate_slice
+from pipelines.qa import (
+    _dilate_diamond,
+    _tile_mad,
+    block_mean,
+    estimate_noise_sd,
+    flat_mask,
+    gate_slice,
+    region_bias,
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +125,55 @@ def test_pipeline_passes_flagged_slices_through_unchanged(
     assert not np.array_equal(result.volume.voxels[1], low)
     assert result.qa[0].reasons and result.qa[1].passed
     assert set(result.qa[0].metrics) >= {"bias_hu", "noise_ratio", "structure_mm2"}
+
+
+def test_block_mean_is_the_mean_of_each_block() -> None:
+    rng = np.random.default_rng(5)
+    img = rng.normal(0.0, 300.0, (101, 96)).astype(np.float32)
+    for factor in (2, 3):
+        rows, cols = 101 // factor * factor, 96 // factor * factor
+        blocks = img[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
+        np.testing.assert_allclose(block_mean(img, factor), blocks.mean(axis=(1, 3)), atol=1e-3)
+
+
+def test_diamond_dilation_is_iterated_cross_dilation() -> None:
+    rng = np.random.default_rng(6)
+    mask = rng.random((64, 50)) < 0.02
+    for radius in (1, 4):
+        expected = ndi.binary_dilation(mask, iterations=radius)
+        assert np.array_equal(_dilate_diamond(mask, radius), expected)
+
+
+def test_region_bias_samples_the_full_box_filter() -> None:
+    rng = np.random.default_rng(7)
+    before = rng.normal(0.0, 20.0, (128, 120)).astype(np.float32)
+    after = (before + ndi.gaussian_filter(rng.normal(0.0, 40.0, before.shape), 6)).astype(
+        np.float32
+    )
+    mask = ndi.gaussian_filter(rng.random(before.shape), 4) > 0.49
+    for region in (8, 29):
+        diff = ((after - before) * mask).astype(np.float32)
+        cover = ndi.uniform_filter(mask.astype(np.float32), size=region)
+        mean = ndi.uniform_filter(diff, size=region)
+        step = region // 2
+        sel = np.zeros(before.shape, dtype=bool)
+        sel[step // 2 :: step, step // 2 :: step] = True
+        sel &= cover > 0.6
+        expected = float(np.max(np.abs(mean[sel] / cover[sel])))
+        assert region_bias(before, after, region, mask) == pytest.approx(expected, rel=1e-5)
+
+
+def test_tile_mad_is_the_median_of_each_tile() -> None:
+    rng = np.random.default_rng(8)
+    values = rng.normal(0.0, 3.0, (100, 77)).astype(np.float32)
+    mask = rng.random(values.shape) < 0.5
+    mask[:30] = False
+    tile = 16
+    expected = np.full(values.shape, 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3)
+    for r0 in range(0, 100, tile):
+        for c0 in range(0, 77, tile):
+            sel = mask[r0 : r0 + tile, c0 : c0 + tile]
+            if sel.sum() * 4 >= sel.size:
+                vals = np.abs(values[r0 : r0 + tile, c0 : c0 + tile][sel])
+                expected[r0 : r0 + tile, c0 : c0 + tile] = 1.4826 * float(np.median(vals)) + 1e-3
+    np.testing.assert_array_equal(_tile_mad(values, mask, tile), expected.astype(np.float32))

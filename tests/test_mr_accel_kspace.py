@@ -8,6 +8,8 @@ from pipelines.mr_accel.anatomy import procedural_anatomy
 from pipelines.mr_accel.kspace import (
     acquired_lines,
     central_box,
+    central_image,
+    central_kspace,
     data_consistency,
     dc_box_fraction,
     fft2c,
@@ -15,6 +17,7 @@ from pipelines.mr_accel.kspace import (
     ifft2c,
     noise_floor_sigma,
     phase_encode_axis,
+    rician_excess,
     rician_mean,
 )
 from pipelines.mr_accel.metrics import edge_sites, mean_rise_distance
@@ -114,3 +117,32 @@ def test_simulated_noise_level_matches_fewer_averages() -> None:
     noisy = accelerate(flat, Acceleration(coverage=1.0, noise=0.05), rng)
     # At high SNR the magnitude's noise is the real channel's: complex std / sqrt(2).
     assert 0.03 < float(noisy[32:96, 32:96].std()) < 0.04
+
+
+def test_central_kspace_is_the_box_of_the_full_transform() -> None:
+    rng = np.random.default_rng(4)
+    for shape in ((128, 96), (101, 77)):
+        img = rng.standard_normal(shape).astype(np.float32)
+        for fraction in (1.0 / 16.0, 0.125, 0.3):
+            box = central_box(shape, fraction)
+            rows, cols = box.any(axis=1).sum(), box.any(axis=0).sum()
+            expected = fft2c(img)[box].reshape(rows, cols)
+            k = central_kspace(img, fraction)
+            np.testing.assert_allclose(k, expected, atol=1e-5 * np.abs(expected).max())
+            # The inverse: the image of a k-space that is the box and zero elsewhere.
+            full = np.zeros(shape, dtype=np.complex64)
+            full[box] = expected.ravel()
+            np.testing.assert_allclose(
+                central_image(k, shape), ifft2c(full).real, atol=1e-5 * np.abs(img).max()
+            )
+
+
+def test_fast_rician_excess_matches_the_bessel_expression() -> None:
+    snr = np.concatenate([np.linspace(0.0, 40.0, 200_001), np.geomspace(40.0, 1e5, 500)])
+    for sigma in (1.0, 0.015, 37.0):
+        amp = (snr * sigma).astype(np.float32)
+        exact = rician_mean(amp.astype(np.float64), sigma) - amp
+        fast = rician_excess(amp, sigma)
+        assert fast.dtype == np.float32
+        assert float(np.abs(fast - exact).max()) < 1e-6 * sigma
+    assert not rician_excess(np.ones(3, np.float32), 0.0).any()

@@ -8,8 +8,16 @@ import pytest
 from pipelines.base import Volume
 from pipelines.mr_accel import create
 from pipelines.mr_accel.anatomy import procedural_anatomy
+from pipelines.mr_accel.filters import (
+    SOBEL_DIFFERENCE,
+    SOBEL_SMOOTHING,
+    Separable,
+    Spectrum,
+    convolve_kernels,
+    gaussian_kernel,
+)
 from pipelines.mr_accel.pipeline import MRAccelPipeline
-from pipelines.mr_accel.qa import gate
+from pipelines.mr_accel.qa import gate, robust_scale
 from pipelines.mr_accel.simulate import Acceleration, accelerate
 
 
@@ -76,3 +84,40 @@ def test_failing_slice_passes_through_unchanged_and_flagged(
     np.testing.assert_array_equal(result.volume.voxels[1], voxels[1])
     assert not np.array_equal(result.volume.voxels[0], voxels[0])
     assert result.qa[1].reasons and result.qa[1].metrics
+
+
+def test_spectral_filters_match_scipy_ndimage() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(9)
+    for shape in ((96, 80), (40, 33)):
+        img = rng.random(shape).astype(np.float32)
+        fine, wide = gaussian_kernel(2.0), gaussian_kernel(6.0)
+        spec = Spectrum(img, len(wide) // 2 + 1)
+        tol = 1e-5
+        np.testing.assert_allclose(
+            spec.filtered(Separable(fine, fine)), ndimage.gaussian_filter(img, 2.0), atol=tol
+        )
+        dog = spec.filtered(Separable(fine, fine), Separable(wide, wide), signs=(1.0, -1.0))
+        expected = ndimage.gaussian_filter(img, 2.0) - ndimage.gaussian_filter(img, 6.0)
+        np.testing.assert_allclose(dog, expected, atol=tol)
+        sobel = Separable(
+            convolve_kernels(fine, SOBEL_DIFFERENCE), convolve_kernels(fine, SOBEL_SMOOTHING)
+        )
+        expected = ndimage.sobel(ndimage.gaussian_filter(img.astype(np.float64), 2.0), 0)
+        np.testing.assert_allclose(spec.filtered(sobel), expected, atol=10 * tol)
+    with pytest.raises(ValueError, match="border"):
+        Spectrum(img, 2).filtered(Separable(fine, fine))
+
+
+def test_robust_scale_is_the_percentile() -> None:
+    rng = np.random.default_rng(2)
+    for img in (rng.random((512, 512)), rng.random((300, 7)) ** 8, np.zeros((64, 64))):
+        img32 = img.astype(np.float32)
+        for q in (99.5, 90.0, 100.0):
+            expected = float(np.percentile(img32, q))
+            assert robust_scale(img32, q) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    # A sample that misses the few bright pixels still gives the exact value.
+    sparse = np.zeros((512, 512), dtype=np.float32)
+    sparse[::97, 5::101] = 1.0 + np.arange(36, dtype=np.float32).reshape(6, 6)
+    assert robust_scale(sparse, 99.99) == pytest.approx(float(np.percentile(sparse, 99.99)))

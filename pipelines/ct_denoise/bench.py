@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipelines.base import ParamValue, Volume
+from pipelines.base import FloatArray, ParamValue, Volume
+from pipelines.timing import ms_per_slice
 
-#: Torch threads the benchmark pins (the target machine has two CPU cores).
+if TYPE_CHECKING:
+    from pipelines.backend import Network
+
+#: CPU threads the benchmark pins, torch's and OpenVINO's (the target machine
+#: has two CPU cores).
 THREADS = 2
 #: Slices per forward pass: the pipeline's default batch.
 BATCH = 8
@@ -25,25 +30,43 @@ def _phantom_stack(n_slices: int, size: int) -> np.ndarray:
 
 
 def describe(params: Mapping[str, ParamValue] | None = None) -> dict[str, str]:
-    """Backend, device, threads and batch the benchmark runs with."""
+    """Backend, device, threads and batch the benchmark runs with.
+
+    Builds the model the pipeline would (converting it when the backend is
+    OpenVINO; the conversion is reused by :func:`benchmark`).
+    """
     import torch
 
-    from pipelines.ct_denoise.inference import select_device
+    from pipelines.ct_denoise.inference import ModelDenoiser
+    from pipelines.ct_denoise.pipeline import parse_params
 
-    device = select_device(str((params or {}).get("device", "auto")))
+    torch.set_num_threads(THREADS)
+    parsed = parse_params({"batch_size": BATCH, **(params or {}), "method": "model"})
+    denoiser = ModelDenoiser.from_params(parsed)
     return {
-        "backend": (
-            f"torch {torch.__version__} eager, oneDNN, channels-last"
-            if device == "cpu"
-            else "torch cuda"
-        ),
-        "device": device,
-        "threads": str(torch.get_num_threads()),
-        "batch": str(int((params or {}).get("batch_size", BATCH))),
+        "backend": denoiser.network.name,
+        "device": denoiser.device,
+        "threads": str(denoiser.network.threads),
+        "batch": str(parsed.batch_size),
     }
 
 
-def benchmark(n_slices: int = 16, size: int = 512) -> dict[str, float]:
+def _time_network(network: Network, stack: FloatArray, repeats: int) -> tuple[float, float]:
+    """Milliseconds per slice of the network alone, and the CPU share it got (medians)."""
+    from pipelines.ct_denoise.inference import denoise_array
+
+    sigma = np.full(BATCH, 25.0, dtype=np.float32)
+    denoise_array(network, stack[:BATCH], sigma)  # warm-up
+
+    def run() -> None:
+        for start in range(0, stack.shape[0], BATCH):
+            batch = stack[start : start + BATCH]
+            denoise_array(network, batch, sigma[: batch.shape[0]])
+
+    return ms_per_slice(run, stack.shape[0], repeats, THREADS)
+
+
+def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str, float]:
     """Milliseconds per slice for the model alone and the whole pipeline run.
 
     Parameters
@@ -52,51 +75,50 @@ def benchmark(n_slices: int = 16, size: int = 512) -> dict[str, float]:
         Slices in the benchmark series.
     size
         Slice edge in pixels.
+    repeats
+        Timed runs of each measurement; the median is reported.
 
     Returns
     -------
     dict
-        ``model_ms_per_slice_torch_cpu_batch8`` (network forward only),
-        ``pipeline_ms_per_slice`` (Volume in, noise estimate, batched
-        inference, QA gate, Result out), ``pipeline_over_model`` and
+        ``model_ms_per_slice_{backend}_cpu_{threads}threads_batch{batch}``
+        (network forward only, on the pipeline's backend, and on torch
+        eager for comparison when that is another), ``pipeline_ms_per_slice``
+        (Volume in, noise estimate, batched inference, QA gate, Result out),
+        ``pipeline_over_model`` (over the pipeline's own backend),
         ``classical_ms_per_slice`` (the NLM method through the same pipeline)
         and ``cpu_share_during_model`` (CPU time over wall time x threads:
         1.0 on an otherwise idle machine).
     """
     import torch
 
-    from pipelines.ct_denoise.network import denoise_tensor
+    from pipelines.backend import TorchNetwork
     from pipelines.ct_denoise.pipeline import build_pipeline
 
     torch.set_num_threads(THREADS)
     stack = _phantom_stack(n_slices, size)
     volume = Volume(stack, "CT", "HU", (0.7, 0.7))
     pipe = build_pipeline({"method": "model", "device": "cpu", "batch_size": BATCH})
-    net = pipe._denoiser._net  # type: ignore[attr-defined]  # the model alone, same weights
-    sigma = torch.full((BATCH,), 25.0)
-    with torch.inference_mode():
-        denoise_tensor(net, torch.from_numpy(stack[:BATCH]), sigma)  # warm-up
-        t0 = time.perf_counter()
-        c0 = time.process_time()
-        for start in range(0, n_slices, BATCH):
-            batch = torch.from_numpy(stack[start : start + BATCH])
-            denoise_tensor(net, batch, sigma[: batch.shape[0]])
-        wall = time.perf_counter() - t0
-        model_ms = wall * 1000.0 / n_slices
-        # The share of the pinned cores this process actually got: below 1 when
-        # other work shares the machine, and the timings are then pessimistic.
-        cpu_share = (time.process_time() - c0) / (wall * THREADS)
+    network: Network = pipe._denoiser.network  # type: ignore[attr-defined]  # the model alone
+    model_ms, cpu_share = _time_network(network, stack, repeats)
+    timings = {f"model_ms_per_slice_{network.kind}_cpu_{THREADS}threads_batch{BATCH}": model_ms}
     pipe.run(volume.with_voxels(stack[:BATCH].copy()))  # warm-up
-    t0 = time.perf_counter()
-    pipe.run(volume)
-    pipeline_ms = (time.perf_counter() - t0) * 1000.0 / n_slices
+    pipeline_ms, _ = ms_per_slice(lambda: pipe.run(volume), n_slices, repeats, THREADS)
+    if network.kind != "torch":
+        # Last, so that torch's idle worker threads do not share the cores with
+        # the timings above.
+        from pipelines.ct_denoise.inference import shipped_weights
+        from pipelines.ct_denoise.network import load_weights
+
+        reference = TorchNetwork(load_weights(shipped_weights()[0]), "cpu", channels_last=True)
+        torch_ms, _ = _time_network(reference, stack, repeats)
+        timings[f"model_ms_per_slice_torch_cpu_{THREADS}threads_batch{BATCH}"] = torch_ms
     classical = build_pipeline({"method": "classical"})
     n_classical = min(n_slices, 4)
-    t0 = time.perf_counter()
-    classical.run(volume.with_voxels(stack[:n_classical].copy()))
-    classical_ms = (time.perf_counter() - t0) * 1000.0 / n_classical
+    few = volume.with_voxels(stack[:n_classical].copy())
+    classical_ms, _ = ms_per_slice(lambda: classical.run(few), n_classical, 1, THREADS)
     return {
-        f"model_ms_per_slice_torch_cpu_{THREADS}threads_batch{BATCH}": model_ms,
+        **timings,
         "pipeline_ms_per_slice": pipeline_ms,
         "pipeline_over_model": pipeline_ms / model_ms,
         "classical_ms_per_slice": classical_ms,

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipelines.backend import BACKENDS
 from pipelines.base import (
     SMOOTHING,
     FloatArray,
@@ -33,7 +34,7 @@ METHODS = ("model", "classical")
 #: The method a rule gets when it names none.
 DEFAULT_METHOD = "model"
 DEVICES = ("auto", "cpu", "cuda")
-KNOWN_PARAMS = ("method", "weights", "weights_sha256", "device", "batch_size")
+KNOWN_PARAMS = ("method", "weights", "weights_sha256", "device", "backend", "batch_size")
 #: The HU range the methods see. Values outside it (padding outside the
 #: reconstruction circle, e.g. -2048 or -3024, and metal above 3071) are not
 #: tissue and are returned exactly as they came in.
@@ -59,6 +60,7 @@ class CTDenoiseParams:
     weights: Path | None = None
     weights_sha256: str | None = None
     device: str = "auto"
+    backend: str = "auto"
     batch_size: int = 8
 
     def as_mapping(self) -> dict[str, ParamValue]:
@@ -66,6 +68,7 @@ class CTDenoiseParams:
         out: dict[str, ParamValue] = {
             "method": self.method,
             "device": self.device,
+            "backend": self.backend,
             "batch_size": self.batch_size,
         }
         if self.weights is not None:
@@ -81,7 +84,7 @@ def parse_params(params: Mapping[str, ParamValue]) -> CTDenoiseParams:
     Raises
     ------
     PipelineError
-        On an unknown key, an unknown method or device, a non-positive batch
+        On an unknown key, an unknown method, device or backend, a non-positive batch
         size, or ``weights`` without ``weights_sha256``.
     """
     for key in params:
@@ -93,6 +96,9 @@ def parse_params(params: Mapping[str, ParamValue]) -> CTDenoiseParams:
     device = str(params.get("device", "auto"))
     if device not in DEVICES:
         raise PipelineError(unknown_option_message("ct-denoise device", device, DEVICES))
+    backend = str(params.get("backend", "auto"))
+    if backend not in BACKENDS:
+        raise PipelineError(unknown_option_message("ct-denoise backend", backend, BACKENDS))
     raw_batch = params.get("batch_size", 8)
     if isinstance(raw_batch, bool) or not isinstance(raw_batch, int | str):
         raise PipelineError(f"ct-denoise batch_size must be an integer. Found {raw_batch!r}.")
@@ -120,6 +126,7 @@ def parse_params(params: Mapping[str, ParamValue]) -> CTDenoiseParams:
         weights=Path(str(weights)) if weights is not None else None,
         weights_sha256=str(sha).lower() if sha is not None else None,
         device=device,
+        backend=backend,
         batch_size=batch,
     )
 
@@ -180,28 +187,33 @@ class CTDenoisePipeline:
 
     def enhance(self, volume: Volume) -> tuple[FloatArray, FloatArray]:
         """Denoise without the gate: the raw output and each slice's input noise SD."""
+        out, sigma = self._denoise(volume)
+        with _slice_pool() as pool:
+            list(pool.map(_keep_outside, out, volume.voxels))
+        return out, sigma
+
+    def _denoise(self, volume: Volume) -> tuple[FloatArray, FloatArray]:
+        """The method's output for the clipped input (outside values not yet put back)."""
         if volume.unit != "HU":
             raise PipelineError(f"ct-denoise needs voxels in HU. Found unit {volume.unit!r}.")
-        raw = volume.voxels
-        clipped = np.clip(raw, HU_MIN, HU_MAX).astype(np.float32)
+        out = np.clip(volume.voxels, np.float32(HU_MIN), np.float32(HU_MAX))
         with _slice_pool() as pool:
-            sigma = np.array(list(pool.map(estimate_noise_sd, clipped)), dtype=np.float32)
-        out = np.empty_like(clipped)
+            sigma = np.array(list(pool.map(estimate_noise_sd, out)), dtype=np.float32)
         step = self._params.batch_size
-        for start in range(0, clipped.shape[0], step):
+        for start in range(0, out.shape[0], step):
             stop = start + step
-            out[start:stop] = self._denoiser.denoise(clipped[start:stop], sigma[start:stop])
-        outside = (raw < HU_MIN) | (raw > HU_MAX)
-        out[outside] = raw[outside]
+            # Each batch of the clipped input is replaced by its output.
+            out[start:stop] = self._denoiser.denoise(out[start:stop], sigma[start:stop])
         return out, sigma
 
     def run(self, volume: Volume) -> Result:
         """Enhance ``volume``; failed slices are passed through unchanged and flagged."""
         if volume.modality not in self.modalities:
             raise PipelineError(f"ct-denoise accepts modality CT. Found {volume.modality!r}.")
-        out, sigma = self.enhance(volume)
+        out, sigma = self._denoise(volume)
 
         def judge(i: int) -> SliceQA:
+            _keep_outside(out[i], volume.voxels[i])
             return gate_slice(
                 volume.voxels[i],
                 out[i],
@@ -222,13 +234,18 @@ class CTDenoisePipeline:
             qa.append(verdict)
         info = self._denoiser.info
         return Result(
-            volume=volume.with_voxels(out.astype(np.float32)),
+            volume=volume.with_voxels(out),
             qa=tuple(qa),
             model=info,
             derivation=SMOOTHING,
             description=f"Low-dose CT enhancement: {info.name}, version {info.version}",
             parameters=self._params.as_mapping(),
         )
+
+
+def _keep_outside(out: FloatArray, raw: FloatArray) -> None:
+    """Put the input's values outside the methods' HU range back into ``out``, in place."""
+    np.copyto(out, raw, where=(raw < HU_MIN) | (raw > HU_MAX))
 
 
 def _slice_pool() -> ThreadPoolExecutor:

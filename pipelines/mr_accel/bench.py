@@ -2,55 +2,116 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
 
 import numpy as np
 
-from pipelines.base import Volume
+from pipelines.base import FloatArray, ParamValue, Volume
+from pipelines.mr_accel.pipeline import MRAccelPipeline
+from pipelines.timing import ms_per_slice
+
+#: CPU threads the benchmark pins, torch's and OpenVINO's (the target machine
+#: has two CPU cores).
+THREADS = 2
 
 
-def benchmark(n_slices: int = 16, size: int = 512) -> dict[str, float]:
+def _pipeline(params: Mapping[str, ParamValue]) -> MRAccelPipeline:
+    from pipelines.mr_accel import create
+    from pipelines.mr_accel.simulate import EVAL_ACCELERATION
+
+    pipe = create({"phase_coverage": EVAL_ACCELERATION.coverage, **params})
+    assert isinstance(pipe, MRAccelPipeline)
+    return pipe
+
+
+def describe(params: Mapping[str, ParamValue] | None = None) -> dict[str, str]:
+    """Backend, device, threads and batch the benchmark runs with.
+
+    Loads the network the pipeline would (converting it when the backend is
+    OpenVINO; the conversion is reused by :func:`benchmark`).
+    """
+    import torch
+
+    torch.set_num_threads(THREADS)
+    pipe = _pipeline(params or {})
+    network = pipe.network()
+    return {
+        "backend": network.name,
+        "device": pipe._device,
+        "threads": str(network.threads),
+        "batch": str(pipe.config.batch_size),
+    }
+
+
+def _series(n_slices: int, size: int) -> FloatArray:
+    from pipelines.mr_accel.anatomy import procedural_anatomy
+    from pipelines.mr_accel.simulate import EVAL_ACCELERATION, accelerate
+
+    rng = np.random.default_rng(0)
+    clean = procedural_anatomy(rng, (size, size))
+    accelerated = accelerate(clean, EVAL_ACCELERATION, rng) * np.float32(1000.0)
+    return np.repeat(accelerated[None], n_slices, axis=0).astype(np.float32)
+
+
+def _time_network(pipe: MRAccelPipeline, norm: FloatArray, repeats: int) -> tuple[float, float]:
+    """Milliseconds per slice of the network alone, and the CPU share it got (medians)."""
+    # Load the weights and let the kernels be built for this batch shape.
+    pipe.restore_normalised(norm[: pipe.config.batch_size])
+    return ms_per_slice(lambda: pipe.restore_normalised(norm), norm.shape[0], repeats, THREADS)
+
+
+def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str, float]:
     """Time mr-accel on a simulated ``n_slices`` x ``size`` x ``size`` series.
 
     Parameters
     ----------
     n_slices, size
         Series shape; the acceleration is the evaluation's (50 % coverage).
+    repeats
+        Timed runs of each measurement; the median is reported.
 
     Returns
     -------
     dict
-        ``model_ms_per_slice`` (network inference only),
-        ``pipeline_ms_per_slice`` (normalisation, network, data consistency,
-        QA gate and scaling back), ``threads`` and ``slices``.
+        ``model_ms_per_slice_{backend}_cpu_{threads}threads_batch{batch}``
+        (network inference only, on the pipeline's backend, and on torch
+        eager for comparison when that is another), ``pipeline_ms_per_slice``
+        (normalisation, network, data consistency, QA gate and scaling back),
+        ``pipeline_over_model`` (over the pipeline's own backend),
+        ``cpu_share_during_model`` (CPU time over wall time x threads: 1.0 on
+        an otherwise idle machine), ``threads``, ``batch`` and ``slices``.
     """
     import torch
 
-    from pipelines.mr_accel import create
-    from pipelines.mr_accel.anatomy import procedural_anatomy
-    from pipelines.mr_accel.pipeline import MRAccelPipeline, slice_scales
-    from pipelines.mr_accel.simulate import EVAL_ACCELERATION, accelerate
+    from pipelines.mr_accel.pipeline import slice_scales
 
-    rng = np.random.default_rng(0)
-    clean = procedural_anatomy(rng, (size, size))
-    accelerated = accelerate(clean, EVAL_ACCELERATION, rng) * np.float32(1000.0)
-    voxels = np.repeat(accelerated[None], n_slices, axis=0).astype(np.float32)
+    torch.set_num_threads(THREADS)
+    voxels = _series(n_slices, size)
     volume = Volume(voxels=voxels, modality="MR", unit="arbitrary")
-    pipe = create({"phase_coverage": EVAL_ACCELERATION.coverage})
-    assert isinstance(pipe, MRAccelPipeline)
     norm = (voxels / slice_scales(voxels)[:, None, None]).astype(np.float32)
-
-    # Load the weights and let the CPU kernels be built for this batch shape.
-    pipe.restore_normalised(norm[: pipe.config.batch_size])
-    start = time.perf_counter()
-    pipe.restore_normalised(norm)
-    model_s = time.perf_counter() - start
-    start = time.perf_counter()
-    pipe.run(volume)
-    pipeline_s = time.perf_counter() - start
+    pipe = _pipeline({})
+    kind, batch = pipe.network().kind, pipe.config.batch_size
+    model_ms, cpu_share = _time_network(pipe, norm, repeats)
+    timings = {f"model_ms_per_slice_{kind}_cpu_{THREADS}threads_batch{batch}": model_ms}
+    pipe.run(volume.with_voxels(voxels[:batch].copy()))  # warm-up
+    pipeline_ms, _ = ms_per_slice(lambda: pipe.run(volume), n_slices, repeats, THREADS)
+    if kind != "torch":
+        # Last, so that torch's idle worker threads do not share the cores with
+        # the timings above.
+        torch_ms, _ = _time_network(_pipeline({"backend": "torch"}), norm, repeats)
+        timings[f"model_ms_per_slice_torch_cpu_{THREADS}threads_batch{batch}"] = torch_ms
     return {
-        "model_ms_per_slice": 1000.0 * model_s / n_slices,
-        "pipeline_ms_per_slice": 1000.0 * pipeline_s / n_slices,
-        "threads": float(torch.get_num_threads()),
+        **timings,
+        "pipeline_ms_per_slice": pipeline_ms,
+        "pipeline_over_model": pipeline_ms / model_ms,
+        "cpu_share_during_model": cpu_share,
+        "threads": float(THREADS),
+        "batch": float(batch),
         "slices": float(n_slices),
     }
+
+
+if __name__ == "__main__":
+    print(describe())
+    for key, value in benchmark().items():
+        print(f"{key}: {value:.2f}")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.backend import BACKENDS
 from pipelines.base import ParamValue, PipelineError, unknown_option_message
 
 #: Weights shipped with the package, pinned by SHA-256 below.
@@ -20,6 +21,7 @@ KNOWN_PARAMS = (
     "weights",
     "weights_sha256",
     "device",
+    "backend",
     "phase_coverage",
     "partial_fourier",
     "batch_size",
@@ -39,6 +41,9 @@ class MRAccelConfig:
         Weights file and its pinned SHA-256; the bundled weights by default.
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    backend
+        ``"auto"`` (OpenVINO on the CPU, torch on CUDA), ``"openvino"`` or
+        ``"torch"``; see :func:`pipelines.backend.load_backend`.
     phase_coverage
         Known centred fraction of phase-encode lines acquired (e.g. 0.5), or
         ``None`` when the acceleration is unknown. Enables data consistency.
@@ -52,6 +57,7 @@ class MRAccelConfig:
     weights: Path = BUNDLED_WEIGHTS
     weights_sha256: str = BUNDLED_WEIGHTS_SHA256
     device: str = "auto"
+    backend: str = "auto"
     phase_coverage: float | None = None
     partial_fourier: float = 1.0
     batch_size: int = 4
@@ -70,6 +76,9 @@ class MRAccelConfig:
         device = str(params.get("device", "auto"))
         if device not in DEVICES:
             raise PipelineError("mr-accel: " + unknown_option_message("device", device, DEVICES))
+        backend = str(params.get("backend", "auto"))
+        if backend not in BACKENDS:
+            raise PipelineError("mr-accel: " + unknown_option_message("backend", backend, BACKENDS))
         if "weights" in params:
             if "weights_sha256" not in params:
                 raise PipelineError(
@@ -96,6 +105,7 @@ class MRAccelConfig:
             weights=weights,
             weights_sha256=sha,
             device=device,
+            backend=backend,
             phase_coverage=coverage,
             partial_fourier=pf,
             batch_size=batch,

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.base import PipelineError, WeightsError, verify_weights
+import numpy as np
+
+from pipelines.base import FloatArray, PipelineError, WeightsError, verify_weights
 
 if TYPE_CHECKING:
     import torch
+
+    from pipelines.backend import Network
 
 #: Architecture of the shipped model; stored in the checkpoint and checked at load.
 ARCHITECTURE: dict[str, Any] = {
@@ -22,6 +26,10 @@ ARCHITECTURE: dict[str, Any] = {
 }
 #: The UNet downsamples three times, so inputs are padded to a multiple of 8.
 MULTIPLE = 8
+#: Largest difference allowed between a backend's output and torch's, in units
+#: of the slice's robust scale (the network's inputs are divided by it);
+#: OpenVINO on float32 measures about 2e-7.
+TOLERANCE = 1e-4
 
 
 def build_network() -> torch.nn.Module:
@@ -100,6 +108,33 @@ def load_network(path: Path, sha256: str, device: str = "cpu") -> torch.nn.Modul
     net.load_state_dict(checkpoint["state_dict"])
     net.eval()
     return net.to(device)
+
+
+def load_backend_network(path: Path, sha256: str, device: str, backend: str) -> Network:
+    """Load the pinned weights and run them with ``backend`` (see :mod:`pipelines.backend`)."""
+    from pipelines.backend import load_backend
+
+    return load_backend(
+        load_network(path, sha256, device),
+        probe_inputs(),
+        key=f"mr-accel {sha256.lower()}",
+        tolerance=TOLERANCE,
+        backend=backend,
+        device=device,
+    )
+
+
+def probe_inputs() -> tuple[FloatArray]:
+    """Two 64 x 64 procedural slices with noise, normalised as the pipeline's inputs.
+
+    A backend is accepted only if its output on these agrees with torch's.
+    """
+    from pipelines.mr_accel.anatomy import procedural_anatomy
+
+    rng = np.random.default_rng(0)
+    slices = np.stack([procedural_anatomy(rng, (64, 64)) for _ in range(2)])
+    noisy = np.abs(slices + rng.normal(0.0, 0.03, slices.shape))
+    return (noisy[:, None].astype(np.float32),)
 
 
 def resolve_device(device: str) -> str:

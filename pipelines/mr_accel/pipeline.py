@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from pipelines.mr_accel.kspace import data_consistency
 from pipelines.mr_accel.qa import gate, robust_scale
 
 if TYPE_CHECKING:
-    import torch
+    from pipelines.backend import Network
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,14 @@ def slice_scales(voxels: FloatArray) -> FloatArray:
     return np.maximum(scales, np.float32(MIN_SLICE_SCALE * series))
 
 
+def _slice_pool() -> ThreadPoolExecutor:
+    """Threads for the per-slice work: NumPy, SciPy's filters and FFTs release the GIL.
+
+    The per-slice work avoids BLAS: its own threads would compete with these.
+    """
+    return ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1))
+
+
 class MRAccelPipeline:
     """Accelerated-MRI enhancement of one MR series.
 
@@ -60,7 +70,7 @@ class MRAccelPipeline:
 
     def __init__(self, config: MRAccelConfig) -> None:
         self.config = config
-        self._net: torch.nn.Module | None = None
+        self._net: Network | None = None
         self._device = "cpu"
         if config.method == "model":
             from pipelines.base import verify_weights
@@ -94,26 +104,32 @@ class MRAccelPipeline:
 
         restored = self.restore_normalised(norm)
         coverage = self._coverage(volume)
-        if coverage is not None:
-            restored = data_consistency(restored, norm, coverage, self._partial_fourier(volume))
-        # A magnitude image is non-negative.
-        restored = np.maximum(restored, 0.0).astype(np.float32)
+        partial_fourier = self._partial_fourier(volume)
 
-        qa: list[SliceQA] = []
-        out = np.empty_like(voxels)
-        for i in range(voxels.shape[0]):
-            verdict = gate(norm[i], restored[i])
-            qa.append(verdict)
+        def finish(i: int) -> tuple[SliceQA, FloatArray]:
+            """Data consistency, the QA gate and the scaling back of slice ``i``."""
+            out = restored[i]
+            if coverage is not None:
+                out = data_consistency(out, norm[i], coverage, partial_fourier)
+            # A magnitude image is non-negative.
+            out = np.maximum(out, np.float32(0.0))
+            verdict = gate(norm[i], out)
             if verdict.passed and scales[i] > 0:
-                out[i] = restored[i] * scales[i]
-            else:
-                # Failing slices go out unchanged and flagged.
-                out[i] = voxels[i]
+                return verdict, out * scales[i]
+            # Failing slices go out unchanged and flagged.
+            return verdict, voxels[i]
+
+        with _slice_pool() as pool:
+            finished = list(pool.map(finish, range(voxels.shape[0])))
+        out = np.stack([o for _, o in finished]).astype(np.float32, copy=False)
+        qa = [verdict for verdict, _ in finished]
+        for i, verdict in enumerate(qa):
+            if not verdict.passed:
                 logger.warning(
                     "mr-accel QA gate failed slice %d: %s", i, "; ".join(verdict.reasons)
                 )
         return Result(
-            volume=volume.with_voxels(out.astype(np.float32)),
+            volume=volume.with_voxels(out),
             qa=tuple(qa),
             model=self.model_info(),
             derivation=self._derivation(),
@@ -130,24 +146,25 @@ class MRAccelPipeline:
         return self._infer(norm)
 
     def _infer(self, norm: FloatArray) -> FloatArray:
-        import torch
-
-        net = self._network()
+        net = self.network()
         out = np.empty_like(norm)
         bs = self.config.batch_size
-        with torch.inference_mode():
-            for start in range(0, norm.shape[0], bs):
-                batch = torch.from_numpy(np.ascontiguousarray(norm[start : start + bs]))
-                pred = net(batch[:, None].to(self._device))[:, 0]
-                out[start : start + bs] = pred.float().cpu().numpy()
+        for start in range(0, norm.shape[0], bs):
+            out[start : start + bs] = net(norm[start : start + bs, None])[:, 0]
         return out
 
-    def _network(self) -> torch.nn.Module:
+    def network(self) -> Network:
+        """The network on its backend, loaded on first use."""
         if self._net is None:
-            from pipelines.mr_accel.network import load_network, resolve_device
+            from pipelines.mr_accel.network import load_backend_network, resolve_device
 
-            self._device = resolve_device(self.config.device)
-            self._net = load_network(self.config.weights, self.config.weights_sha256, self._device)
+            backend = self.config.backend
+            # OpenVINO runs on the CPU: asking for it picks the CPU over a GPU.
+            device = "cpu" if backend == "openvino" and self.config.device == "auto" else None
+            self._device = resolve_device(device or self.config.device)
+            self._net = load_backend_network(
+                self.config.weights, self.config.weights_sha256, self._device, backend
+            )
         return self._net
 
     def _coverage(self, volume: Volume) -> float | None:
@@ -182,4 +199,5 @@ class MRAccelPipeline:
             params["partial_fourier"] = self._partial_fourier(volume)
         if self.config.method == "model":
             params["weights_sha256"] = self.config.weights_sha256
+            params["backend"] = self.config.backend
         return params

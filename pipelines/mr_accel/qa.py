@@ -8,7 +8,17 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.base import FloatArray, SliceQA
+from pipelines.mr_accel.filters import (
+    SOBEL_DIFFERENCE,
+    SOBEL_SMOOTHING,
+    Kernel,
+    Separable,
+    Spectrum,
+    convolve_kernels,
+    gaussian_kernel,
+)
 from pipelines.mr_accel.kspace import floor_corrected, lowfreq_difference
+from pipelines.stats import upper_percentile
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class GateThresholds:
 
 def robust_scale(image: FloatArray, percentile: float = 99.5) -> float:
     """Intensity scale of an MR magnitude image that ignores a few hot pixels."""
-    return float(np.percentile(image, percentile))
+    return upper_percentile(image, percentile)
 
 
 def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None = None) -> SliceQA:
@@ -89,20 +99,30 @@ def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None
     # so the input is compared after the same correction.
     reference = floor_corrected(inp, out)
     lowfreq = lowfreq_difference(out, reference, lim.lowfreq_fraction)
-    bias = float(np.abs(ndimage.gaussian_filter(resid, lim.bias_sigma)).max())
+    # Every smoothing below is one product with the FFT of the input or the
+    # residual (see :mod:`.filters`): the same kernels as scipy.ndimage's.
+    fine = gaussian_kernel(lim.structure_sigma)
+    wide = gaussian_kernel(3.0 * lim.structure_sigma)
+    broad = gaussian_kernel(lim.bias_sigma)
+    pad = max(len(fine), len(wide), len(broad)) // 2 + 1
+    spec_in = Spectrum(inp, pad)
+    spec_res = Spectrum(resid, pad)
+    bias = float(np.abs(spec_res.filtered(Separable(broad, broad))).max())
 
     # Edges of the anatomy at the scale of the residual check; noise is averaged
-    # out first so that flat, noisy regions do not count as edges.
-    smooth_in = ndimage.gaussian_filter(inp, lim.structure_sigma)
-    grad = np.hypot(ndimage.sobel(smooth_in, 0), ndimage.sobel(smooth_in, 1)) / 8.0
-    near_edge = ndimage.maximum_filter(grad, size=int(4 * lim.structure_sigma) + 1) > 0.02
-    smooth_res = ndimage.gaussian_filter(resid, lim.structure_sigma)
+    # out first so that flat, noisy regions do not count as edges. The Sobel
+    # gradient of the smoothed input (over 8, its kernel's weight) exceeds 0.02.
+    grad_r = spec_in.filtered(_smoothed_sobel(fine, axis=0))
+    grad_c = spec_in.filtered(_smoothed_sobel(fine, axis=1))
+    edge = grad_r * grad_r + grad_c * grad_c > np.float32((8.0 * 0.02) ** 2)
+    near_edge = ndimage.maximum_filter(edge, size=int(4 * lim.structure_sigma) + 1)
+    smooth_res = spec_res.filtered(Separable(fine, fine))
     flat = ~near_edge
     structure = float(np.abs(smooth_res[flat]).max()) if flat.any() else 0.0
 
     # Only at the anatomy's edges, where detail dominates noise: removing noise
     # everywhere else also anti-correlates the residual with the noisy input.
-    detail = smooth_in - ndimage.gaussian_filter(inp, 3.0 * lim.structure_sigma)
+    detail = spec_in.filtered(Separable(fine, fine), Separable(wide, wide), signs=(1.0, -1.0))
     edge_corr = _correlation(smooth_res[near_edge], detail[near_edge]) if near_edge.any() else 0.0
 
     metrics = {
@@ -129,6 +149,13 @@ def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None
             f"residual anti-correlates with edges ({edge_corr:.2f}, limit {lim.min_edge_corr})"
         )
     return SliceQA(passed=not reasons, metrics=metrics, reasons=tuple(reasons))
+
+
+def _smoothed_sobel(kernel: Kernel, axis: int) -> Separable:
+    """``ndimage.sobel(gaussian(image), axis)`` as one separable kernel."""
+    along = convolve_kernels(kernel, SOBEL_DIFFERENCE)
+    across = convolve_kernels(kernel, SOBEL_SMOOTHING)
+    return Separable(along, across) if axis == 0 else Separable(across, along)
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
