@@ -125,11 +125,16 @@ def test_pipelines_agree_across_backends() -> None:
     assert [q.passed for q in ov.qa] == [q.passed for q in pt.qa]
     assert float(np.abs(ov.volume.voxels - pt.volume.voxels).max()) <= TOLERANCE_HU
     assert ov.parameters["backend"] == "auto" and pt.parameters["backend"] == "torch"
+    # What actually ran is in the provenance.
+    assert str(ov.parameters["runtime"]).startswith("openvino")
+    assert str(pt.parameters["runtime"]).startswith("torch")
 
     mr = Volume((_mr_slices((128, 128), seed=2)[:, 0] * 900).astype(np.float32), "MR", "arbitrary")
     mr_ov = mr_create({"phase_coverage": 0.5}).run(mr)
     mr_pt = mr_create({"phase_coverage": 0.5, "backend": "torch"}).run(mr)
     assert [q.passed for q in mr_ov.qa] == [q.passed for q in mr_pt.qa]
+    assert str(mr_ov.parameters["runtime"]).startswith("openvino")
+    assert str(mr_pt.parameters["runtime"]).startswith("torch")
     scale = float(np.percentile(mr.voxels, 99.5))
     assert float(np.abs(mr_ov.volume.voxels - mr_pt.volume.voxels).max()) <= 10 * TOLERANCE * scale
 

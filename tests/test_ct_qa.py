@@ -101,6 +101,7 @@ class _Hallucinating:
 
     def __init__(self, spot: tuple[int, int], radius: float) -> None:
         self.info = entry().factory({"method": "classical"}).model_info()
+        self.runtime = "non-local means, then a painted disk"
         self.spot = spot
         self.radius = radius
 

@@ -95,6 +95,11 @@ class ModelDenoiser:
         path, sha = shipped_weights()
         return cls(path, sha, params.device, params.backend)
 
+    @property
+    def runtime(self) -> str:
+        """The backend running the network, in words."""
+        return self.network.name
+
     def denoise(self, slices: FloatArray, sigma_hu: FloatArray) -> FloatArray:
         """Denoise a batch of slices; the residual is subtracted in float32 HU."""
         return denoise_array(self.network, slices, sigma_hu)

@@ -47,6 +47,11 @@ class SliceDenoiser(Protocol):
 
     info: ModelInfo
 
+    @property
+    def runtime(self) -> str:
+        """What computes it, in words (recorded in the provenance)."""
+        ...
+
     def denoise(self, slices: FloatArray, sigma_hu: FloatArray) -> FloatArray:
         """Denoise ``(n, rows, cols)`` slices; ``sigma_hu`` is ``(n,)``."""
         ...
@@ -144,6 +149,7 @@ class ClassicalDenoiser:
             version="nlm-1",
             kind=MethodKind.CLASSICAL,
         )
+        self.runtime = "scikit-image non-local means, CPU"
 
     def denoise(self, slices: FloatArray, sigma_hu: FloatArray) -> FloatArray:
         """Denoise each slice with NLM at its own noise level."""
@@ -239,7 +245,7 @@ class CTDenoisePipeline:
             model=info,
             derivation=SMOOTHING,
             description=f"Low-dose CT enhancement: {info.name}, version {info.version}",
-            parameters=self._params.as_mapping(),
+            parameters={**self._params.as_mapping(), "runtime": self._denoiser.runtime},
         )
 
 

@@ -200,4 +200,5 @@ class MRAccelPipeline:
         if self.config.method == "model":
             params["weights_sha256"] = self.config.weights_sha256
             params["backend"] = self.config.backend
+            params["runtime"] = self.network().name
         return params
