@@ -290,17 +290,17 @@ class WorkerPool:
 
     def start(self) -> None:
         """Start the worker threads."""
-        for _ in range(self.count):
-            self._start_one()
+        with self._lock:
+            for _ in range(self.count):
+                self._start_one()
 
     def _start_one(self) -> None:
-        with self._lock:
-            thread = threading.Thread(
-                target=self._loop, name=f"worker-{self._started}", daemon=True
-            )
-            self._started += 1
-            self._threads.append(thread)
+        # Called with the lock held. Started before it is listed: stop() may
+        # join any listed thread.
+        thread = threading.Thread(target=self._loop, name=f"worker-{self._started}", daemon=True)
+        self._started += 1
         thread.start()
+        self._threads.append(thread)
 
     def abandon(self, thread: threading.Thread) -> None:
         """Replace ``thread``, stuck in a job that timed out, by a new worker.
@@ -313,7 +313,7 @@ class WorkerPool:
                 return
             self._threads.remove(thread)
             self._abandoned.add(thread)
-        self._start_one()
+            self._start_one()
 
     @property
     def alive(self) -> int:
