@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from node.peers import (
     LOOPBACK,
@@ -20,6 +23,14 @@ from node.peers import (
     start_node,
     start_orthanc,
 )
+
+
+def encode_explicit_le(ds: Dataset) -> bytes:
+    """``ds`` encoded as a C-STORE carries it: Explicit VR Little Endian, no file meta."""
+    raw = DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, False
+    write_dataset(raw, ds)
+    return bytes(raw.getvalue())
 
 
 @pytest.fixture

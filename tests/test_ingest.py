@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,14 +19,16 @@ from node.db import Base, Database, Instance, Series, make_engine
 from node.ingest import Ingest, encode_file, encode_file_meta
 from node.samples import CT_128, make_series
 from node.spool import Spool
+from tests.conftest import encode_explicit_le
+
+#: Explicit VR Little Endian.
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def test_file_meta_matches_what_pydicom_writes_and_reads(tmp_path: Path) -> None:
     ds = make_series(CT_128, slices=1)[0]
-    raw = DicomBytesIO()
-    raw.is_little_endian, raw.is_implicit_VR = True, False
-    write_dataset(raw, ds)
-    ts = "1.2.840.10008.1.2.1"
+    raw = encode_explicit_le(ds)
+    ts = EXPLICIT_LE
     ours = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, "CT_SCANNER")
 
     reference = FileMetaDataset()
@@ -41,96 +44,69 @@ def test_file_meta_matches_what_pydicom_writes_and_reads(tmp_path: Path) -> None
     assert ours == expected.getvalue()
 
     path = tmp_path / "x.dcm"
-    path.write_bytes(b"".join(encode_file(ours, raw.getvalue())))
+    path.write_bytes(b"".join(encode_file(ours, raw)))
     back = dcmread(path)
     assert back.file_meta.SourceApplicationEntityTitle == "CT_SCANNER"
     assert back.SOPInstanceUID == ds.SOPInstanceUID
     assert (back.pixel_array == ds.pixel_array).all()
 
 
-def _raw(ds: Dataset) -> bytes:
-    raw = DicomBytesIO()
-    raw.is_little_endian, raw.is_implicit_VR = True, False
-    write_dataset(raw, ds)
-    return raw.getvalue()
-
-
-def _ingest(tmp_path: Path) -> tuple[Ingest, Database]:
+@pytest.fixture
+def ingest(tmp_path: Path) -> Iterator[Ingest]:
+    """An Ingest on its own SQLite index and spool, closed after the test."""
     db = Database(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
-    return Ingest(db, Spool(tmp_path / "spool"), lambda ds: False), db
+    ingest = Ingest(db, Spool(tmp_path / "spool"), lambda ds: False)
+    yield ingest
+    ingest.close()
+    db.close()
 
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
-
-def test_accept_stores_durably_then_indexes(tmp_path: Path) -> None:
-    ingest, db = _ingest(tmp_path)
+def test_accept_stores_durably_then_indexes(ingest: Ingest) -> None:
     series = make_series(CT_128, slices=3)
-    try:
-        for ds in series:
-            accepted = ingest.accept(ds, _raw(ds), EXPLICIT_LE, "SCU")
-            assert not accepted.duplicate
-            stored = dcmread(ingest.spool.path(accepted.path))
-            assert stored.SOPInstanceUID == ds.SOPInstanceUID
-        with db.read() as session:
-            row = session.get(Series, str(series[0].SeriesInstanceUID))
-            assert row is not None and row.instance_count == 3
-            assert len(session.scalars(select(Instance)).all()) == 3
-    finally:
-        ingest.close()
-        db.close()
+    for ds in series:
+        accepted = ingest.accept(ds, encode_explicit_le(ds), EXPLICIT_LE, "SCU")
+        assert not accepted.duplicate
+        stored = dcmread(ingest.spool.path(accepted.path))
+        assert stored.SOPInstanceUID == ds.SOPInstanceUID
+    with ingest.db.read() as session:
+        row = session.get(Series, str(series[0].SeriesInstanceUID))
+        assert row is not None and row.instance_count == 3
+        assert len(session.scalars(select(Instance)).all()) == 3
 
 
-def test_duplicate_under_another_series_leaves_one_file(tmp_path: Path) -> None:
-    ingest, db = _ingest(tmp_path)
+def test_duplicate_under_another_series_leaves_one_file(ingest: Ingest) -> None:
     ds = make_series(CT_128, slices=1)[0]
-    try:
-        first = ingest.accept(ds, _raw(ds), EXPLICIT_LE, "SCU")
-        moved = ds.copy()
-        moved.SeriesInstanceUID = "1.2.3.999"
-        again = ingest.accept(moved, _raw(moved), EXPLICIT_LE, "SCU")
-        assert again.duplicate and again.path == first.path
-        assert ingest.spool.path(first.path).exists()
-        assert sorted(p.name for p in ingest.spool.files()) == [f"{ds.SOPInstanceUID}.dcm"]
-    finally:
-        ingest.close()
-        db.close()
+    first = ingest.accept(ds, encode_explicit_le(ds), EXPLICIT_LE, "SCU")
+    moved = ds.copy()
+    moved.SeriesInstanceUID = "1.2.3.999"
+    again = ingest.accept(moved, encode_explicit_le(moved), EXPLICIT_LE, "SCU")
+    assert again.duplicate and again.path == first.path
+    assert ingest.spool.path(first.path).exists()
+    assert sorted(p.name for p in ingest.spool.files()) == [f"{ds.SOPInstanceUID}.dcm"]
 
 
-def test_copy_indexed_at_the_same_path_is_kept(tmp_path: Path) -> None:
+def test_copy_indexed_at_the_same_path_is_kept(ingest: Ingest) -> None:
     """Two associations sending one instance at once write the same file: keep it."""
-    ingest, db = _ingest(tmp_path)
     ds = make_series(CT_128, slices=1)[0]
-    try:
-        first = ingest.accept(ds, _raw(ds), EXPLICIT_LE, "SCU")
-        # The other association's file is renamed over this one just before
-        # its index insert finds the row.
-        ingest.spool.path(first.path).unlink()
-        again = ingest.accept(ds, _raw(ds), EXPLICIT_LE, "OTHER")
-        assert again.duplicate and again.path == first.path
-        assert dcmread(ingest.spool.path(first.path)).SOPInstanceUID == ds.SOPInstanceUID
-    finally:
-        ingest.close()
-        db.close()
+    first = ingest.accept(ds, encode_explicit_le(ds), EXPLICIT_LE, "SCU")
+    # The other association's file is renamed over this one just before
+    # its index insert finds the row.
+    ingest.spool.path(first.path).unlink()
+    again = ingest.accept(ds, encode_explicit_le(ds), EXPLICIT_LE, "OTHER")
+    assert again.duplicate and again.path == first.path
+    assert dcmread(ingest.spool.path(first.path)).SOPInstanceUID == ds.SOPInstanceUID
 
 
-def test_failed_index_leaves_the_file_for_reindexing(tmp_path: Path) -> None:
-    ingest, db = _ingest(tmp_path)
+def test_failed_index_leaves_the_file_for_reindexing(ingest: Ingest) -> None:
     ds = make_series(CT_128, slices=1)[0]
-    try:
-        with db.engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE series")
-        with pytest.raises(SQLAlchemyError):
-            ingest.accept(ds, _raw(ds), EXPLICIT_LE, "SCU")
-        with db.read() as session:
-            assert session.scalars(select(Instance)).all() == []
-        # Written and durable, never answered Success: the next start indexes it.
-        Base.metadata.create_all(db.engine)
-        assert ingest.reindex_spool() == 1
-        with db.read() as session:
-            assert session.scalars(select(Instance.sop_instance_uid)).all() == [
-                str(ds.SOPInstanceUID)
-            ]
-    finally:
-        ingest.close()
-        db.close()
+    with ingest.db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE series")
+    with pytest.raises(SQLAlchemyError):
+        ingest.accept(ds, encode_explicit_le(ds), EXPLICIT_LE, "SCU")
+    with ingest.db.read() as session:
+        assert session.scalars(select(Instance)).all() == []
+    # Written and durable, never answered Success: the next start indexes it.
+    Base.metadata.create_all(ingest.db.engine)
+    assert ingest.reindex_spool() == 1
+    with ingest.db.read() as session:
+        assert session.scalars(select(Instance.sop_instance_uid)).all() == [str(ds.SOPInstanceUID)]

@@ -26,6 +26,7 @@ from pipelines.base import (
     Result,
     Volume,
 )
+from tests.conftest import encode_explicit_le
 
 
 class Hangs:
@@ -70,7 +71,7 @@ def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> N
     ingest = Ingest(db, spool, lambda ds: False)
     series = make_series(CT_128, slices=2)
     for ds in series:
-        ingest.accept(ds, _raw(ds), "1.2.840.10008.1.2.1", "SCU")
+        ingest.accept(ds, encode_explicit_le(ds), "1.2.840.10008.1.2.1", "SCU")
     ingest.close()
     series_uid = str(series[0].SeriesInstanceUID)
     now = utcnow()
@@ -136,15 +137,3 @@ def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> N
 
 def _running(name: str) -> bool:
     return any(thread.name == name for thread in threading.enumerate())
-
-
-def _raw(ds: object) -> bytes:
-    from pydicom import Dataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    assert isinstance(ds, Dataset)
-    raw = DicomBytesIO()
-    raw.is_little_endian, raw.is_implicit_VR = True, False
-    write_dataset(raw, ds)
-    return bytes(raw.getvalue())
