@@ -191,6 +191,28 @@ class OpenVINONetwork:
         return request
 
 
+def resolve_device(device: str, backend: str, what: str) -> str:
+    """The torch device for a rule's ``device`` (``auto``, ``cpu``, ``cuda``) and ``backend``.
+
+    ``auto`` is the CPU when the rule asks for OpenVINO (which runs there),
+    otherwise a GPU when one is present.
+
+    Raises
+    ------
+    PipelineError
+        When ``cuda`` is asked for and no GPU is present; ``what`` names the pipeline.
+    """
+    import torch
+
+    if device == "auto":
+        if backend == "openvino":
+            return "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"{what} device 'cuda' was requested but no GPU is available.")
+    return device
+
+
 def resolve_backend(backend: str, device: str) -> str:
     """The backend that runs on ``device`` (``"cpu"`` or ``"cuda"``).
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -112,6 +114,14 @@ class Volume:
             orientation=self.orientation,
             meta=self.meta,
         )
+
+
+def slice_pool() -> ThreadPoolExecutor:
+    """Threads for per-slice work: NumPy, SciPy's filters and FFTs release the GIL.
+
+    The per-slice work avoids BLAS: its own threads would compete with these.
+    """
+    return ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1))
 
 
 @dataclass(frozen=True)

@@ -45,24 +45,13 @@ def _in_band(smooth: FloatArray, low: float, high: float) -> BoolArray:
     return mask
 
 
-def local_sd(image: FloatArray, size: int) -> FloatArray:
-    """Standard deviation in a ``size`` x ``size`` window around each pixel.
+def median_local_sd(image: FloatArray, mask: BoolArray, size: int) -> float:
+    """Median over ``mask`` of the standard deviation in ``size`` x ``size`` windows.
 
     In float32 after removing the image's mean: the variance of a window is
     then computed from values of a few hundred HU, well within float32's
-    precision, at half the cost of float64.
-    """
-    x = image.astype(np.float32) - np.float32(np.mean(image))
-    mean = ndi.uniform_filter(x, size=size)
-    mean_sq = ndi.uniform_filter(x * x, size=size)
-    return np.asarray(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)), dtype=np.float32)
-
-
-def median_local_sd(image: FloatArray, mask: BoolArray, size: int) -> float:
-    """Median of :func:`local_sd` over ``mask``.
-
-    The same arithmetic as :func:`local_sd`, with the variance's last steps
-    taken only on the masked pixels.
+    precision, at half the cost of float64. Its last steps are taken only on
+    the masked pixels.
     """
     x = image.astype(np.float32) - np.float32(np.mean(image))
     mean = ndi.uniform_filter(x, size=size)[mask]
@@ -287,21 +276,19 @@ def structure_area_mm2(
     sigma_px: float,
     z: float,
     pixel_area_mm2: float,
-    floor_hu: float = 0.0,
-    edge_p90: float | None = None,
+    floor_hu: float,
+    edge_p90: float,
 ) -> float:
     """Largest connected area where the smoothed residual is structure, not noise.
 
     Smoothing keeps a blob (an invented or erased lesion) and averages noise
     away; the threshold is ``z`` robust SDs of the smoothed residual itself,
-    so it follows the noise level. The strongest input edges (above the 90th
-    percentile of ``edges`` in the body, ``edge_p90`` when already known) are
-    left to :func:`edge_correlation`.
+    so it follows the noise level. The strongest input edges (above
+    ``edge_p90``, the 90th percentile of ``edges`` in the body) are left to
+    :func:`edge_correlation`.
     """
     if np.count_nonzero(body) < 64:
         return 0.0
-    if edge_p90 is None:
-        edge_p90 = upper_percentile(edges[body], 90)
     smooth_res = ndi.gaussian_filter(residual, sigma_px, truncate=3.0)
     # CT noise is not stationary (it is highest where the rays are longest),
     # so the scale is a robust SD (MAD) per tile of ~15 smoothing widths:
@@ -311,9 +298,9 @@ def structure_area_mm2(
     hot = (np.abs(smooth_res) > np.maximum(z * scale, floor_hu)) & body & ~strong_edge
     if not hot.any():
         return 0.0
-    labels, n = ndi.label(hot)
+    labels, _ = ndi.label(hot)
     sizes = np.bincount(labels.ravel())[1:]
-    return float(sizes.max()) * pixel_area_mm2 if n else 0.0
+    return float(sizes.max()) * pixel_area_mm2
 
 
 def gate_slice(
@@ -381,7 +368,7 @@ def gate_slice(
     # large enough to matter; a near-identity output (normal-dose input) has
     # a few HU of residual whose pattern is irrelevant.
     edge_p90 = upper_percentile(edges[body], 90) if body.any() else 0.0
-    on_edges = body & (edges > edge_p90) if body.any() else body
+    on_edges = body & (edges > edge_p90)
     edge_res = float(np.mean(np.abs(residual[on_edges]))) if on_edges.any() else 0.0
     area = structure_area_mm2(
         edges,

@@ -236,7 +236,7 @@ def test_conversion_sends_and_writes_no_telemetry(tmp_path: Path) -> None:
     code = (
         "from pipelines.ct_denoise.pipeline import build_pipeline\n"
         "pipe = build_pipeline({'method': 'model', 'device': 'cpu'})\n"
-        "assert pipe._denoiser.network.kind == 'openvino'\n"
+        "assert pipe.denoiser.network.kind == 'openvino'\n"
     )
     env = {**os.environ, "HOME": str(tmp_path)}
     done = subprocess.run(

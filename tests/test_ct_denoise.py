@@ -74,6 +74,7 @@ def test_shipped_weights_match_their_pinned_hash() -> None:
         ({"batch_size": True}, "integer"),
         ({"weights": "site.pt"}, "weights_sha256"),
         ({"weights": "site.pt", "weights_sha256": "abc"}, "64 hexadecimal"),
+        ({"weights_sha256": "0" * 64}, "without 'weights'"),
     ],
 )
 def test_bad_parameters_are_named(params: dict[str, str | int | bool], needle: str) -> None:

@@ -58,6 +58,13 @@ def test_bad_coverage_is_refused() -> None:
         create({"phase_coverage": 1.5})
 
 
+def test_partial_fourier_of_one_half_or_less_is_refused() -> None:
+    for value in (0.5, 0.4):
+        with pytest.raises(PipelineError, match=r"'partial_fourier' must be in \(0.5, 1\]"):
+            create({"partial_fourier": value})
+    assert create({"partial_fourier": 0.6}) is not None
+
+
 def test_hash_mismatch_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="refusing"):
         create({"weights": str(BUNDLED_WEIGHTS), "weights_sha256": "0" * 64})

@@ -12,6 +12,7 @@ from pipelines.timing import ms_per_slice
 
 if TYPE_CHECKING:
     from pipelines.backend import Network
+    from pipelines.ct_denoise.pipeline import CTDenoisePipeline
 
 #: CPU threads the benchmark pins, torch's and OpenVINO's (the target machine
 #: has two CPU cores).
@@ -29,25 +30,34 @@ def _phantom_stack(n_slices: int, size: int) -> np.ndarray:
     return (base[None] + noise).astype(np.float32)
 
 
+def _model(params: Mapping[str, ParamValue] | None = None) -> tuple[CTDenoisePipeline, Network]:
+    """The model pipeline as benchmarked (on the CPU, batch :data:`BATCH`) and its network."""
+    from pipelines.ct_denoise.inference import ModelDenoiser
+    from pipelines.ct_denoise.pipeline import build_pipeline
+
+    pipe = build_pipeline(
+        {"device": "cpu", "batch_size": BATCH, **(params or {}), "method": "model"}
+    )
+    denoiser = pipe.denoiser
+    assert isinstance(denoiser, ModelDenoiser)
+    return pipe, denoiser.network
+
+
 def describe(params: Mapping[str, ParamValue] | None = None) -> dict[str, str]:
     """Backend, device, threads and batch the benchmark runs with.
 
-    Builds the model the pipeline would (converting it when the backend is
-    OpenVINO; the conversion is reused by :func:`benchmark`).
+    Builds the model as :func:`benchmark` does (an OpenVINO conversion is
+    reused by it).
     """
     import torch
 
-    from pipelines.ct_denoise.inference import ModelDenoiser
-    from pipelines.ct_denoise.pipeline import parse_params
-
     torch.set_num_threads(THREADS)
-    parsed = parse_params({"batch_size": BATCH, **(params or {}), "method": "model"})
-    denoiser = ModelDenoiser.from_params(parsed)
+    pipe, network = _model(params)
     return {
-        "backend": denoiser.network.name,
-        "device": denoiser.device,
-        "threads": str(denoiser.network.threads),
-        "batch": str(parsed.batch_size),
+        "backend": network.name,
+        "device": str(pipe.parameters["device"]),
+        "threads": str(network.threads),
+        "batch": str(pipe.parameters["batch_size"]),
     }
 
 
@@ -92,14 +102,12 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
     """
     import torch
 
-    from pipelines.backend import TorchNetwork
     from pipelines.ct_denoise.pipeline import build_pipeline
 
     torch.set_num_threads(THREADS)
     stack = _phantom_stack(n_slices, size)
     volume = Volume(stack, "CT", "HU", (0.7, 0.7))
-    pipe = build_pipeline({"method": "model", "device": "cpu", "batch_size": BATCH})
-    network: Network = pipe._denoiser.network  # type: ignore[attr-defined]  # the model alone
+    pipe, network = _model()
     model_ms, cpu_share = _time_network(network, stack, repeats)
     timings = {f"model_ms_per_slice_{network.kind}_cpu_{THREADS}threads_batch{BATCH}": model_ms}
     pipe.run(volume.with_voxels(stack[:BATCH].copy()))  # warm-up
@@ -107,10 +115,7 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
     if network.kind != "torch":
         # Last, so that torch's idle worker threads do not share the cores with
         # the timings above.
-        from pipelines.ct_denoise.inference import shipped_weights
-        from pipelines.ct_denoise.network import load_weights
-
-        reference = TorchNetwork(load_weights(shipped_weights()[0]), "cpu", channels_last=True)
+        _, reference = _model({"backend": "torch"})
         torch_ms, _ = _time_network(reference, stack, repeats)
         timings[f"model_ms_per_slice_torch_cpu_{THREADS}threads_batch{BATCH}"] = torch_ms
     classical = build_pipeline({"method": "classical"})

@@ -169,8 +169,9 @@ def simulate_real_low_dose(
     rng = np.random.default_rng(seed)
     proj = ParallelBeamProjector(image.shape[0])
     sigma = max(estimate_noise_sd(image), 3.0)
-    photons = calibrate_photons(proj, line_integrals(proj, image, spacing), spacing, sigma)
-    return insert_noise(proj, image, spacing, dose, photons, rng), photons
+    p = line_integrals(proj, image, spacing)
+    photons = calibrate_photons(proj, p, spacing, sigma)
+    return insert_noise(proj, image, spacing, dose, photons, rng, p), photons
 
 
 def evaluate(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.backend import Network, load_backend
-from pipelines.base import FloatArray, MethodKind, ModelInfo, PipelineError, verify_weights
+from pipelines.backend import Network, load_backend, resolve_device
+from pipelines.base import FloatArray, MethodKind, ModelInfo, verify_weights
 from pipelines.ct_denoise.pipeline import CTDenoiseParams
 
 logger = logging.getLogger(__name__)
@@ -27,23 +27,6 @@ TOLERANCE_HU = 0.05
 def shipped_weights() -> tuple[Path, str]:
     """Path and pinned SHA-256 of the weights shipped with the pipeline."""
     return SHIPPED_WEIGHTS, SHIPPED_SHA256
-
-
-def select_device(name: str) -> str:
-    """Resolve ``auto``/``cpu``/``cuda`` to a torch device name.
-
-    Raises
-    ------
-    PipelineError
-        When ``cuda`` is asked for and no GPU is present.
-    """
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("ct-denoise device 'cuda' was requested but no GPU is available.")
-    return name
 
 
 class ModelDenoiser:
@@ -69,7 +52,7 @@ class ModelDenoiser:
 
         verify_weights(weights, sha256)
         # OpenVINO runs on the CPU: asking for it picks the CPU over a GPU.
-        self.device = select_device("cpu" if backend == "openvino" and device == "auto" else device)
+        self.device = resolve_device(device, backend, "ct-denoise")
         self.network: Network = load_backend(
             load_weights(weights, self.device),
             probe_inputs(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pipelines.base import (
     Result,
     SliceQA,
     Volume,
+    slice_pool,
     unknown_option_message,
 )
 from pipelines.qa import GateThresholds, estimate_noise_sd, gate_slice
@@ -90,7 +90,7 @@ def parse_params(params: Mapping[str, ParamValue]) -> CTDenoiseParams:
     ------
     PipelineError
         On an unknown key, an unknown method, device or backend, a non-positive batch
-        size, or ``weights`` without ``weights_sha256``.
+        size, or ``weights`` and ``weights_sha256`` not given together.
     """
     for key in params:
         if key not in KNOWN_PARAMS:
@@ -122,6 +122,10 @@ def parse_params(params: Mapping[str, ParamValue]) -> CTDenoiseParams:
             "ct-denoise parameter 'weights' needs 'weights_sha256': a site's own "
             "weights are pinned by their hash like the shipped ones."
         )
+    if sha is not None and weights is None:
+        # The shipped weights carry their own pin; a hash alone would be
+        # recorded in the provenance for a file that was never loaded.
+        raise PipelineError("ct-denoise parameter 'weights_sha256' given without 'weights'.")
     if sha is not None and (len(str(sha)) != 64 or not _is_hex(str(sha))):
         raise PipelineError(
             f"ct-denoise weights_sha256 must be 64 hexadecimal digits. Found {sha!r}."
@@ -191,20 +195,22 @@ class CTDenoisePipeline:
         """Describe the method and its version without running it."""
         return self._denoiser.info
 
-    def enhance(self, volume: Volume) -> tuple[FloatArray, FloatArray]:
-        """Denoise without the gate: the raw output and each slice's input noise SD."""
-        out, sigma = self._denoise(volume)
-        with _slice_pool() as pool:
-            list(pool.map(_keep_outside, out, volume.voxels))
-        return out, sigma
+    @property
+    def denoiser(self) -> SliceDenoiser:
+        """The method the pipeline runs slices through."""
+        return self._denoiser
 
-    def _denoise(self, volume: Volume) -> tuple[FloatArray, FloatArray]:
+    @property
+    def parameters(self) -> dict[str, ParamValue]:
+        """The rule parameters as recorded in an output's provenance."""
+        return self._params.as_mapping()
+
+    def _denoise(self, volume: Volume, pool: ThreadPoolExecutor) -> tuple[FloatArray, FloatArray]:
         """The method's output for the clipped input (outside values not yet put back)."""
         if volume.unit != "HU":
             raise PipelineError(f"ct-denoise needs voxels in HU. Found unit {volume.unit!r}.")
         out = np.clip(volume.voxels, np.float32(HU_MIN), np.float32(HU_MAX))
-        with _slice_pool() as pool:
-            sigma = np.array(list(pool.map(estimate_noise_sd, out)), dtype=np.float32)
+        sigma = np.array(list(pool.map(estimate_noise_sd, out)), dtype=np.float32)
         step = self._params.batch_size
         for start in range(0, out.shape[0], step):
             stop = start + step
@@ -216,47 +222,40 @@ class CTDenoisePipeline:
         """Enhance ``volume``; failed slices are passed through unchanged and flagged."""
         if volume.modality not in self.modalities:
             raise PipelineError(f"ct-denoise accepts modality CT. Found {volume.modality!r}.")
-        out, sigma = self._denoise(volume)
+        with slice_pool() as pool:
+            out, sigma = self._denoise(volume, pool)
 
-        def judge(i: int) -> SliceQA:
-            _keep_outside(out[i], volume.voxels[i])
-            return gate_slice(
-                volume.voxels[i],
-                out[i],
-                volume.pixel_spacing,
-                self._thresholds,
-                input_noise_sd=float(sigma[i]),
-            )
+            def judge(i: int) -> SliceQA:
+                _keep_outside(out[i], volume.voxels[i])
+                return gate_slice(
+                    volume.voxels[i],
+                    out[i],
+                    volume.pixel_spacing,
+                    self._thresholds,
+                    input_noise_sd=float(sigma[i]),
+                )
 
-        with _slice_pool() as pool:
-            verdicts = list(pool.map(judge, range(out.shape[0])))
-        qa: list[SliceQA] = []
-        for i, verdict in enumerate(verdicts):
+            qa = tuple(pool.map(judge, range(out.shape[0])))
+        for i, verdict in enumerate(qa):
             if not verdict.passed:
                 # The gate's rule: never send a slice it doubts; the input goes out
                 # instead and the flag travels with the series' provenance.
                 out[i] = volume.voxels[i]
                 logger.warning("QA gate flagged slice %d: %s", i, "; ".join(verdict.reasons))
-            qa.append(verdict)
         info = self._denoiser.info
         return Result(
             volume=volume.with_voxels(out),
-            qa=tuple(qa),
+            qa=qa,
             model=info,
             derivation=SMOOTHING,
             description=f"Low-dose CT enhancement: {info.name}, version {info.version}",
-            parameters={**self._params.as_mapping(), "runtime": self._denoiser.runtime},
+            parameters={**self.parameters, "runtime": self._denoiser.runtime},
         )
 
 
 def _keep_outside(out: FloatArray, raw: FloatArray) -> None:
     """Put the input's values outside the methods' HU range back into ``out``, in place."""
     np.copyto(out, raw, where=(raw < HU_MIN) | (raw > HU_MAX))
-
-
-def _slice_pool() -> ThreadPoolExecutor:
-    """Threads for per-slice statistics: SciPy's filters release the GIL."""
-    return ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1))
 
 
 def build_pipeline(params: Mapping[str, ParamValue]) -> CTDenoisePipeline:

@@ -193,6 +193,18 @@ def noise_image(
     return (mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
 
 
+def extra_log_variance(
+    p: FloatArray, photons: float, fraction: float, normal: FloatArray | None = None
+) -> FloatArray:
+    """Variance to add to normal-dose line integrals for dose ``fraction``: v(f) - v(1), >= 0.
+
+    ``normal`` is v(1) (:func:`log_variance` at full dose) when already known.
+    """
+    v1 = log_variance(p, photons) if normal is None else normal
+    extra: FloatArray = np.maximum(log_variance(p, photons, fraction) - v1, 0.0)
+    return extra
+
+
 def insert_noise(
     projector: ParallelBeamProjector,
     normal: FloatArray,
@@ -200,6 +212,7 @@ def insert_noise(
     fraction: float,
     photons: float,
     rng: np.random.Generator,
+    p: FloatArray | None = None,
 ) -> FloatArray:
     """Low-dose counterpart of a normal-dose image (real or simulated).
 
@@ -207,10 +220,12 @@ def insert_noise(
     variance v(1); a scan at dose fraction f has v(f). Adding zero-mean noise
     of variance v(f) - v(1) to the normal-dose line integrals and
     reconstructing that noise alone (FBP is linear) gives the low-dose image,
-    with the texture of CT noise.
+    with the texture of CT noise. ``p`` is the image's line integrals when
+    already computed.
     """
-    p = line_integrals(projector, normal, spacing_mm)
-    extra = np.maximum(log_variance(p, photons, fraction) - log_variance(p, photons), 0.0)
+    if p is None:
+        p = line_integrals(projector, normal, spacing_mm)
+    extra = extra_log_variance(p, photons, fraction)
     return (normal + noise_image(projector, extra, spacing_mm, rng)).astype(np.float32)
 
 
@@ -258,7 +273,7 @@ def simulate_pairs(
     normal = (clean + noise_image(proj, var_normal, spacing_mm, rng)).astype(np.float32)
     pairs = []
     for f in fractions:
-        extra = np.maximum(log_variance(p, photons, f) - var_normal, 0.0)
+        extra = extra_log_variance(p, photons, f, var_normal)
         low = normal + noise_image(proj, extra, spacing_mm, rng)
         pairs.append(
             DosePair(

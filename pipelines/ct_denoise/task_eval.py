@@ -14,7 +14,7 @@ from pipelines.ct_denoise.phantoms import (
     low_contrast_phantom,
 )
 from pipelines.evaluation.noise import NPSResult, noise_power_spectrum
-from pipelines.evaluation.observer import cho_dprime, cnr
+from pipelines.evaluation.observer import cho_dprime, cnr, disk_mask
 
 Method = Callable[[FloatArray, float], FloatArray]
 #: Cylinder radius and pixel spacing: a 180 mm water cylinder at 0.8 mm
@@ -44,6 +44,7 @@ def simulate_task_images(size: int, realisations: int, dose: float, seed: int) -
     from pipelines.ct_denoise.simulate import (
         ParallelBeamProjector,
         calibrate_photons,
+        extra_log_variance,
         line_integrals,
         log_variance,
         noise_image,
@@ -57,7 +58,7 @@ def simulate_task_images(size: int, realisations: int, dose: float, seed: int) -
     p = line_integrals(proj, absent, spacing)
     photons = calibrate_photons(proj, p, spacing, NORMAL_NOISE_HU)
     v_normal = log_variance(p, photons)
-    v_extra = np.maximum(log_variance(p, photons, dose) - v_normal, 0.0)
+    v_extra = extra_log_variance(p, photons, dose, v_normal)
     out: dict[str, list[FloatArray]] = {"pn": [], "pl": [], "an": [], "al": []}
     for _ in range(realisations):
         for clean, tag in ((present, "p"), (absent, "a")):
@@ -95,7 +96,7 @@ def detectability(
         sp = _rois(present, x, y, spacing, half)
         sa = _rois(absent, x, y, spacing, half)
         key = f"{diameter:g}mm/{contrast:g}HU"
-        disk = _disk(sp.shape[-1], radius_px)
+        disk = disk_mask(sp.shape[-1], radius_px)
         contrast_meas = float(sp[:, disk].mean() - sa[:, disk].mean())
         result[key] = {
             "dprime": cho_dprime(sp, sa, radius_px),
@@ -103,12 +104,6 @@ def detectability(
             "contrast_hu": contrast_meas,
         }
     return result
-
-
-def _disk(size: int, radius: float) -> np.ndarray:
-    c = (size - 1) / 2.0
-    y, x = np.mgrid[:size, :size]
-    return np.asarray((x - c) ** 2 + (y - c) ** 2 <= radius**2)
 
 
 def noise_texture(absent: FloatArray, spacing: float, roi: int = 48) -> NPSResult:
@@ -133,7 +128,7 @@ def noise_texture(absent: FloatArray, spacing: float, roi: int = 48) -> NPSResul
 def cylinder_bias(absent: FloatArray, reference: FloatArray, spacing: float) -> float:
     """Mean HU difference to the normal-dose images inside the central 60 % of the cylinder."""
     size = absent.shape[-1]
-    mask = _disk(size, 0.6 * RADIUS_MM / spacing)
+    mask = disk_mask(size, 0.6 * RADIUS_MM / spacing)
     return float(absent[:, mask].mean() - reference[:, mask].mean())
 
 

@@ -115,7 +115,7 @@ def _add_small_structures(
     if where.size == 0:
         return out
     yy, xx = np.mgrid[0:rows, 0:cols]
-    scale = float(np.percentile(img[region], 90)) if region.any() else 1.0
+    scale = float(np.percentile(img[region], 90))
     for _ in range(int(rng.integers(3, 15))):
         cy, cx = where[rng.integers(len(where))]
         radius = rng.uniform(1.0, 5.0)

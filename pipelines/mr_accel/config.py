@@ -93,10 +93,8 @@ class MRAccelConfig:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise PipelineError(f"mr-accel: 'weights_sha256' must be 64 hex digits. Found {sha!r}.")
         coverage = _fraction(params, "phase_coverage", low=0.1, default=None)
-        pf = _fraction(params, "partial_fourier", low=0.5, default=1.0)
-        assert pf is not None
-        if pf <= 0.5:
-            raise PipelineError(f"mr-accel: 'partial_fourier' must be above 0.5. Found {pf}.")
+        pf = _fraction(params, "partial_fourier", low=0.5, default=1.0, open_low=True)
+        assert pf is not None  # it has a default
         batch = params.get("batch_size", 4)
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise PipelineError(f"mr-accel: 'batch_size' must be an integer >= 1. Found {batch!r}.")
@@ -113,13 +111,21 @@ class MRAccelConfig:
 
 
 def _fraction(
-    params: Mapping[str, ParamValue], key: str, *, low: float, default: float | None
+    params: Mapping[str, ParamValue],
+    key: str,
+    *,
+    low: float,
+    default: float | None,
+    open_low: bool = False,
 ) -> float | None:
+    """``params[key]`` in [``low``, 1] (in (``low``, 1] with ``open_low``), else ``default``."""
     if key not in params:
         return default
     value = params[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PipelineError(f"mr-accel: {key!r} must be a number. Found {value!r}.")
-    if not low <= float(value) <= 1.0:
-        raise PipelineError(f"mr-accel: {key!r} must be in [{low}, 1]. Found {value}.")
+    above_low = float(value) > low if open_low else float(value) >= low
+    if not (above_low and float(value) <= 1.0):
+        bracket = "(" if open_low else "["
+        raise PipelineError(f"mr-accel: {key!r} must be in {bracket}{low}, 1]. Found {value}.")
     return float(value)

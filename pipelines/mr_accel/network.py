@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.base import FloatArray, PipelineError, WeightsError, verify_weights
+from pipelines.base import FloatArray, WeightsError, verify_weights
 
 if TYPE_CHECKING:
     import torch
@@ -135,14 +135,3 @@ def probe_inputs() -> tuple[FloatArray]:
     slices = np.stack([procedural_anatomy(rng, (64, 64)) for _ in range(2)])
     noisy = np.abs(slices + rng.normal(0.0, 0.03, slices.shape))
     return (noisy[:, None].astype(np.float32),)
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` picks CUDA when available, else the CPU."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("mr-accel: device 'cuda' requested but CUDA is not available.")
-    return device

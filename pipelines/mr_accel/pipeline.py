@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +18,7 @@ from pipelines.base import (
     Result,
     SliceQA,
     Volume,
+    slice_pool,
 )
 from pipelines.mr_accel.config import MODEL_VERSION, MRAccelConfig
 from pipelines.mr_accel.kspace import data_consistency
@@ -46,14 +45,6 @@ def slice_scales(voxels: FloatArray) -> FloatArray:
     series = robust_scale(voxels)
     scales = np.array([robust_scale(s) for s in voxels], dtype=np.float32)
     return np.maximum(scales, np.float32(MIN_SLICE_SCALE * series))
-
-
-def _slice_pool() -> ThreadPoolExecutor:
-    """Threads for the per-slice work: NumPy, SciPy's filters and FFTs release the GIL.
-
-    The per-slice work avoids BLAS: its own threads would compete with these.
-    """
-    return ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1))
 
 
 class MRAccelPipeline:
@@ -103,8 +94,8 @@ class MRAccelPipeline:
         norm = (voxels / safe[:, None, None]).astype(np.float32)
 
         restored = self.restore_normalised(norm)
-        coverage = self._coverage(volume)
-        partial_fourier = self._partial_fourier(volume)
+        coverage = self.config.phase_coverage
+        partial_fourier = self.config.partial_fourier
 
         def finish(i: int) -> tuple[SliceQA, FloatArray]:
             """Data consistency, the QA gate and the scaling back of slice ``i``."""
@@ -119,7 +110,7 @@ class MRAccelPipeline:
             # Failing slices go out unchanged and flagged.
             return verdict, voxels[i]
 
-        with _slice_pool() as pool:
+        with slice_pool() as pool:
             finished = list(pool.map(finish, range(voxels.shape[0])))
         out = np.stack([o for _, o in finished]).astype(np.float32, copy=False)
         qa = [verdict for verdict, _ in finished]
@@ -134,7 +125,7 @@ class MRAccelPipeline:
             model=self.model_info(),
             derivation=self._derivation(),
             description=self._description(coverage),
-            parameters=self._parameters(coverage, volume),
+            parameters=self._parameters(coverage, partial_fourier),
         )
 
     def restore_normalised(self, norm: FloatArray) -> FloatArray:
@@ -156,30 +147,15 @@ class MRAccelPipeline:
     def network(self) -> Network:
         """The network on its backend, loaded on first use."""
         if self._net is None:
-            from pipelines.mr_accel.network import load_backend_network, resolve_device
+            from pipelines.backend import resolve_device
+            from pipelines.mr_accel.network import load_backend_network
 
             backend = self.config.backend
-            # OpenVINO runs on the CPU: asking for it picks the CPU over a GPU.
-            device = "cpu" if backend == "openvino" and self.config.device == "auto" else None
-            self._device = resolve_device(device or self.config.device)
+            self._device = resolve_device(self.config.device, backend, "mr-accel")
             self._net = load_backend_network(
                 self.config.weights, self.config.weights_sha256, self._device, backend
             )
         return self._net
-
-    def _coverage(self, volume: Volume) -> float | None:
-        if self.config.phase_coverage is not None:
-            return self.config.phase_coverage
-        value = volume.meta.get("phase_coverage")
-        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
-            return float(value)
-        return None
-
-    def _partial_fourier(self, volume: Volume) -> float:
-        value = volume.meta.get("partial_fourier", self.config.partial_fourier)
-        if isinstance(value, int | float) and not isinstance(value, bool) and 0.5 < value <= 1:
-            return float(value)
-        return self.config.partial_fourier
 
     def _derivation(self) -> Any:
         # The model restores resolution lost to reduced phase-encode coverage
@@ -192,11 +168,11 @@ class MRAccelPipeline:
         dc = f", data consistency at phase coverage {coverage:g}" if coverage is not None else ""
         return f"mr-accel {info.name} v{info.version}{dc}"
 
-    def _parameters(self, coverage: float | None, volume: Volume) -> dict[str, ParamValue]:
+    def _parameters(self, coverage: float | None, partial_fourier: float) -> dict[str, ParamValue]:
         params: dict[str, ParamValue] = {"method": self.config.method}
         if coverage is not None:
             params["phase_coverage"] = coverage
-            params["partial_fourier"] = self._partial_fourier(volume)
+            params["partial_fourier"] = partial_fourier
         if self.config.method == "model":
             params["weights_sha256"] = self.config.weights_sha256
             params["backend"] = self.config.backend

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -41,10 +41,6 @@ class Acceleration:
     acceleration: float = 1.0
     noise: float = 0.0
     levels: int = 0
-
-    def as_dict(self) -> dict[str, float | int | str]:
-        """Plain values, for reports."""
-        return asdict(self)
 
 
 def smooth_phase(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
