@@ -57,12 +57,15 @@ class Node:
     scheduler: BackgroundScheduler
     api: ApiServer | None
     ingest: Ingest
+    retention: Retention
 
     def start(self) -> None:
         """Recover what a previous process left, then start serving."""
         reindexed = self.ingest.reindex_spool()
         if reindexed:
             logger.info("re-indexed %d spooled instance(s) the index lacked", reindexed)
+        if self.retention.recover():
+            logger.info("series a stopped process left half purged are due again")
         receipts = self.scp.journal.recover(self.db)
         if receipts:
             logger.warning("audited the receipts of %d association(s) cut off by a stop", receipts)
@@ -177,7 +180,7 @@ def build_node(settings: Settings) -> Node:
         if settings.node.http_port
         else None
     )
-    return Node(settings, db, scp, workers, scheduler, api, ingest)
+    return Node(settings, db, scp, workers, scheduler, api, ingest, retention)
 
 
 def serve(settings: Settings) -> int:

@@ -41,59 +41,73 @@ class Retention:
         self.settings = settings
 
     def sweep(self, now: dt.datetime | None = None, batch: int = 20) -> int:
-        """Purge what is due; ``keep_days = 0`` keeps everything."""
+        """Purge everything due, ``batch`` series per transaction; ``keep_days = 0`` keeps all."""
         if self.settings.keep_days <= 0:
             return 0
         cutoff = (now or utcnow()) - dt.timedelta(days=self.settings.keep_days)
         purged = 0
-        for series_uid, study_uid, paths, job_ids in self._claim(cutoff, batch):
-            for relative in paths:
-                self.spool.path(relative).unlink(missing_ok=True)
-            for job_id in job_ids:
-                shutil.rmtree(self.outputs_dir / f"job-{job_id}", ignore_errors=True)
-            with suppress(OSError):  # only when empty: a late instance may be there
-                (self.spool.root / study_uid / series_uid).rmdir()
-            purged += self._finish(series_uid, paths)
+        while claimed := self._claim(cutoff, batch):
+            for series_uid, study_uid, paths, job_ids in claimed:
+                for relative in paths:
+                    self.spool.path(relative).unlink(missing_ok=True)
+                for job_id in job_ids:
+                    shutil.rmtree(self.outputs_dir / f"job-{job_id}", ignore_errors=True)
+                with suppress(OSError):  # only when empty: a late instance may be there
+                    (self.spool.root / study_uid / series_uid).rmdir()
+                purged += self._finish(series_uid, paths)
         if purged:
             logger.info("retention purged %d series", purged)
         return purged
 
+    def recover(self) -> int:
+        """Make series a stopped process left half purged due again; return how many."""
+        with self.db.session() as session:
+            result = session.execute(
+                update(Series).where(Series.state == "purging").values(state="complete")
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
     def _claim(
         self, cutoff: dt.datetime, batch: int
     ) -> list[tuple[str, str, list[str], list[int]]]:
-        """Mark due series ``purging``; return what to delete for each."""
+        """Mark the oldest due series with nothing left to do ``purging``; return their files."""
+        busy_job = (
+            select(Job.id)
+            .where(Job.series_uid == Series.series_uid, Job.state.in_(_BUSY_JOBS))
+            .exists()
+        )
+        busy_delivery = (
+            select(Delivery.id)
+            .where(
+                Delivery.source_series_uid == Series.series_uid,
+                Delivery.state.in_(_BUSY_DELIVERIES),
+            )
+            .exists()
+        )
         claimed = []
         with self.db.session() as session:
-            candidates = (
-                session.execute(
-                    select(Series)
-                    .where(Series.state == "complete", Series.completed_at < cutoff)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
+            due = session.execute(
+                select(Series)
+                .where(
+                    Series.state == "complete",
+                    Series.completed_at < cutoff,
+                    ~busy_job,
+                    ~busy_delivery,
                 )
-                .scalars()
-                .all()
-            )
-            for series in candidates:
-                jobs = list(
-                    session.execute(
-                        select(Job).where(Job.series_uid == series.series_uid)
-                    ).scalars()
-                )
-                if any(j.state in _BUSY_JOBS for j in jobs):
-                    continue
-                job_ids = [j.id for j in jobs]
-                busy = session.execute(
-                    select(Delivery.id)
-                    .where(Delivery.job_id.in_(job_ids), Delivery.state.in_(_BUSY_DELIVERIES))
-                    .limit(1)
-                ).first()
-                if busy:
-                    continue
+                .order_by(Series.completed_at)
+                .limit(batch)
+                .with_for_update(skip_locked=True, of=Series)
+            ).scalars()
+            for series in due.all():
                 series.state = "purging"
                 paths = list(
                     session.execute(
                         select(Instance.path).where(Instance.series_uid == series.series_uid)
+                    ).scalars()
+                )
+                job_ids = list(
+                    session.execute(
+                        select(Job.id).where(Job.series_uid == series.series_uid)
                     ).scalars()
                 )
                 claimed.append((series.series_uid, series.study_uid, paths, job_ids))

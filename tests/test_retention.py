@@ -111,3 +111,41 @@ def test_keep_days_zero_keeps_everything(database_url: str, tmp_path: Path) -> N
     stock(db, spool, tmp_path / "outputs", "1.2.1", "sent")
     assert Retention(db, spool, tmp_path / "outputs", RetentionSettings(keep_days=0)).sweep() == 0
     db.close()
+
+
+def test_held_series_do_not_stop_the_purge_of_others(database_url: str, tmp_path: Path) -> None:
+    """More held series than a batch: every due series is still purged, batch after batch."""
+    db = Database(make_engine(database_url))
+    spool = Spool(tmp_path / "spool")
+    outputs = tmp_path / "outputs"
+    for i in range(5):
+        stock(db, spool, outputs, f"1.2.1{i}", "failed")
+    for i in range(7):
+        stock(db, spool, outputs, f"1.2.2{i}", "sent")
+    retention = Retention(db, spool, outputs, RetentionSettings(keep_days=7))
+    assert retention.sweep(batch=3) == 7
+    with db.session() as session:
+        states = dict(session.execute(select(Series.series_uid, Series.state)).all())
+    assert sorted(uid for uid, state in states.items() if state == "purged") == [
+        f"1.2.2{i}" for i in range(7)
+    ]
+    db.close()
+
+
+def test_a_purge_cut_off_by_a_stop_is_done_after_the_next_start(
+    database_url: str, tmp_path: Path
+) -> None:
+    db = Database(make_engine(database_url))
+    spool = Spool(tmp_path / "spool")
+    outputs = tmp_path / "outputs"
+    job_dir = stock(db, spool, outputs, "1.2.1", "sent")
+    with db.session() as session:
+        row = session.get(Series, "1.2.1")
+        assert row is not None
+        row.state = "purging"  # claimed, then the process stopped
+    retention = Retention(db, spool, outputs, RetentionSettings(keep_days=7))
+    assert retention.sweep() == 0
+    assert retention.recover() == 1
+    assert retention.sweep() == 1
+    assert not job_dir.exists()
+    db.close()
