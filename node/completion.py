@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from node import audit
 from node.db import Database, Instance, Job, Series, utcnow
+from node.jobs import supersede
 from node.routing import Router
 from node.settings import CompletionSettings
 from node.spool import Spool
@@ -147,8 +148,7 @@ class Completion:
                 Job.generation < series.generation,
             )
         ).scalars():
-            old.state = "superseded"
-            old.finished_at = now
+            supersede(session, old, now, "a newer generation of the series completed")
         queued = 0
         for rule in rules:
             exists = session.execute(

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from node import audit
 from node.db import Database, Job, Series, utcnow
@@ -49,6 +50,31 @@ class RetryableError(Exception):
 def worker_identity() -> str:
     """A lease owner name unique to this process."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def supersede(session: Session, row: Job, now: dt.datetime, reason: str) -> None:
+    """End ``row`` as superseded: its series has a newer generation whose job replaces it."""
+    row.state = "superseded"
+    row.finished_at = now
+    row.lease_owner = None
+    row.lease_expires_at = None
+    series = session.get(Series, row.series_uid)
+    audit.record(
+        session,
+        audit.AuditEvent.JOB_SUPERSEDED,
+        study_uid=row.study_uid,
+        series_uid=row.series_uid,
+        patient_id=series.patient_id if series is not None else "",
+        job=row.id,
+        generation=row.generation,
+        reason=reason,
+    )
+
+
+def _outdated(session: Session, row: Job) -> bool:
+    """Whether ``row``'s series has moved on to a newer generation (or is gone)."""
+    series = session.get(Series, row.series_uid)
+    return series is None or series.generation != row.generation
 
 
 class JobQueue:
@@ -144,6 +170,10 @@ class JobQueue:
             row.error = error[:4000]
             row.lease_owner = None
             row.lease_expires_at = None
+            if retry and _outdated(session, row):
+                # Never claimed again (claims need the current generation).
+                supersede(session, row, now, "instances arrived while the job ran")
+                return
             if retry and row.attempts < self.settings.max_attempts:
                 delay = min(30.0 * 2 ** (row.attempts - 1), 3600.0)
                 row.state = "queued"
@@ -198,7 +228,9 @@ class JobQueue:
                 owner = row.lease_owner or ""
                 row.lease_owner = None
                 row.lease_expires_at = None
-                if row.attempts >= self.settings.max_attempts:
+                if _outdated(session, row):
+                    supersede(session, row, now, "instances arrived while the job ran")
+                elif row.attempts >= self.settings.max_attempts:
                     row.state = "failed"
                     row.finished_at = now
                     row.error = "worker stopped while running the job (lease expired)"

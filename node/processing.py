@@ -22,7 +22,7 @@ from node import audit
 from node.db import Database, Delivery, Instance, Job, Series, utcnow
 from node.errors import ConfigError, JobError
 from node.imaging import load_volume
-from node.jobs import ClaimedJob, JobQueue, RetryableError
+from node.jobs import ClaimedJob, JobQueue, RetryableError, supersede
 from node.output import JobContext, OutputOptions, build_outputs, write_outputs
 from node.settings import Settings
 from node.spool import Spool
@@ -211,18 +211,7 @@ class Processor:
             if series is None or series.generation != job.generation or series.state != "complete":
                 # Instances arrived while the job ran: its outputs are
                 # incomplete; the next generation's job replaces them.
-                row.state = "superseded"
-                row.finished_at = now
-                row.lease_owner = None
-                row.lease_expires_at = None
-                audit.record(
-                    session,
-                    audit.AuditEvent.JOB_SUPERSEDED,
-                    **where,
-                    job=job.id,
-                    generation=job.generation,
-                    reason="instances arrived while the job ran",
-                )
+                supersede(session, row, now, "instances arrived while the job ran")
                 return
             output_series = str(outputs[0].SeriesInstanceUID)
             where["output_series_uid"] = output_series

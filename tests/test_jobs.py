@@ -178,3 +178,28 @@ def test_completion_queues_each_rule_once_and_ignores_own_outputs(
     assert states == {"1.2.1": "complete", "1.2.2": "complete"}
     assert ignored == 1
     db.close()
+
+
+def test_a_job_outdated_while_it_ran_is_superseded_not_queued_again(database_url: str) -> None:
+    """Late instances while a job runs: its retry would never be claimed (old generation)."""
+    db = Database(make_engine(database_url))
+    add_jobs(db, 2)
+    queue = JobQueue(db, JobSettings())
+    failing = queue.claim("w1")
+    stalled = queue.claim("w2")
+    assert failing is not None and stalled is not None
+    with db.session() as session:
+        session.execute(update(Series).values(generation=2))
+        session.execute(
+            update(Job)
+            .where(Job.id == stalled.id)
+            .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    queue.fail(failing, "pipeline error", retry=True)
+    assert queue.recover() == 1
+    with db.session() as session:
+        states = sorted(session.execute(select(Job.state)).scalars())
+    assert states == ["superseded", "superseded"]
+    assert sorted(r.series_uid for r in events(db, "job-superseded")) == ["1.2.0", "1.2.1"]
+    assert events(db, "job-retried") == []
+    db.close()
