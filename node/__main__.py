@@ -70,7 +70,6 @@ class Node:
         if receipts:
             logger.warning("audited the receipts of %d association(s) cut off by a stop", receipts)
         with self.db.session() as session:
-            audit.ensure_head(session)
             audit.record(
                 session,
                 audit.AuditEvent.APPLICATION_START,

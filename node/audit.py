@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import TypedDict
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from node.db import AuditHead, AuditRecord, utcnow
@@ -115,10 +115,20 @@ def _digest(record: AuditRecord) -> str:
 
 
 def ensure_head(session: Session) -> None:
-    """Create the chain's head row on a new database."""
-    if session.get(AuditHead, 1) is None:
-        session.add(AuditHead(id=1, last_id=0, last_hash=GENESIS))
-        session.flush()
+    """Create the chain's head row on a new database.
+
+    Raises
+    ------
+    RuntimeError
+        When the head row is missing but records exist: recreating it would
+        restart the chain over them (``radnode audit verify`` reports it).
+    """
+    if session.get(AuditHead, 1) is not None:
+        return
+    if session.execute(select(AuditRecord.id).limit(1)).first() is not None:
+        raise RuntimeError("the audit chain's head row is missing; run `radnode audit verify`")
+    session.add(AuditHead(id=1, last_id=0, last_hash=GENESIS))
+    session.flush()
 
 
 def record(
@@ -147,9 +157,6 @@ def record(
         select(AuditHead).where(AuditHead.id == 1).with_for_update()
     ).scalar_one_or_none()
     if head is None:
-        if session.execute(select(AuditRecord.id).limit(1)).first() is not None:
-            # Recreating it would restart the chain over existing records.
-            raise RuntimeError("the audit chain's head row is missing; run `radnode audit verify`")
         ensure_head(session)
         head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
     rec = AuditRecord(
@@ -209,13 +216,13 @@ def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
     Detects an edited record (its hash no longer matches), a deleted or
     inserted one (the next record's ``prev_hash`` or the id sequence breaks),
     a truncated tail (the head row points past the last record) and a
-    deleted head row. The head is read first and records appended while the
-    check runs are left for the next check.
+    deleted head row, and a record added without extending the chain (beyond
+    its head). The head is read first and records appended while the check
+    runs are left for the next check.
     """
     head = session.get(AuditHead, 1)
-    first = session.execute(select(AuditRecord.id).limit(1)).first()
     if head is None:
-        if first is None:
+        if session.execute(select(AuditRecord.id).limit(1)).first() is None:
             return ChainReport(True, 0)
         return ChainReport(False, 0, 1, "the chain's head row is missing")
     prev_hash = GENESIS
@@ -250,6 +257,17 @@ def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
         return ChainReport(
             False, count, count + 1, f"chain ends at record {count}, head says {head.last_id}"
         )
+    beyond = session.execute(
+        select(func.min(AuditRecord.id)).where(AuditRecord.id > head.last_id)
+    ).scalar()
+    if beyond is not None:
+        # Appended since the head was read (then the head has moved past it
+        # too), or inserted without extending the chain.
+        latest = session.execute(select(AuditHead.last_id).where(AuditHead.id == 1)).scalar()
+        if latest is None or beyond > latest:
+            return ChainReport(
+                False, count, beyond, f"record {beyond} lies beyond the chain's head"
+            )
     return ChainReport(True, count)
 
 

@@ -9,10 +9,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import delete, text, update
 
 from node import audit
-from node.db import AuditHead, AuditRecord, Database, make_engine
+from node.db import AuditHead, AuditRecord, Database, make_engine, utcnow
 
 
 def filled(url: str, count: int = 6) -> Database:
@@ -43,6 +44,26 @@ def test_chain_is_intact_and_finds_an_edited_record(database_url: str) -> None:
     report = verify(db)
     assert not report.ok and report.first_broken_id == 3
     assert "does not match its hash" in report.reason
+    db.close()
+
+
+def test_chain_finds_a_record_added_beyond_its_head(database_url: str) -> None:
+    db = filled(database_url)
+    with db.session() as session:
+        forged = AuditRecord(
+            id=7,
+            ts=utcnow(),
+            event="instances-received",
+            code="DCM 110104",
+            outcome=0,
+            actor="X",
+            prev_hash="bogus",
+            hash="bogus",
+        )
+        session.add(forged)
+    report = verify(db)
+    assert not report.ok and report.first_broken_id == 7
+    assert "beyond the chain's head" in report.reason
     db.close()
 
 
@@ -143,5 +164,9 @@ def test_a_deleted_head_is_found_and_never_recreated_over_records(database_url: 
     assert not report.ok and "head row is missing" in report.reason
     db.close()
     reopened = Database(make_engine(database_url))  # start-up must not recreate it
+    assert not verify(reopened).ok
+    # Nor may a writer: the next record refuses to start a new chain.
+    with pytest.raises(RuntimeError, match="head row is missing"), reopened.session() as session:
+        audit.record(session, audit.AuditEvent.APPLICATION_START, actor="RADNODE")
     assert not verify(reopened).ok
     reopened.close()
