@@ -87,7 +87,6 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let work in progress finish, and record the stop."""
         self.scp.stop()
-        self.ingest.close()
         if self.api is not None:
             self.api.stop()
         self.scheduler.shutdown(wait=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import cast
 
@@ -219,13 +218,6 @@ class Ingest:
         self.spool = spool
         self.is_own_output = is_own_output
         self._statements = _IndexStatements(db)
-        # One durable write at a time per association; a few associations
-        # at once share these threads.
-        self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="spool-write")
-
-    def close(self) -> None:
-        """Wait for writes in progress and stop the writer threads."""
-        self._writer.shutdown(wait=True)
 
     def accept(
         self,
@@ -267,25 +259,12 @@ class Ingest:
         meta = encode_file_meta(
             identity.sop_class_uid, identity.sop_instance_uid, str(ts), calling_ae
         )
-        chunks = encode_file(meta, raw_dataset)
-        # The durable write (two fsyncs, which release the GIL) runs beside
-        # the index statements; the index commits only once the file is durable.
-        writing = self._writer.submit(self.spool.write, relative, chunks)
-        try:
-            accepted = self._index(
-                identity,
-                relative,
-                sum(len(chunk) for chunk in chunks),
-                str(ts),
-                calling_ae,
-                origin,
-                before_commit=writing.result,
-            )
-        except BaseException:
-            # Let the write finish (a spooled file the index lacks is indexed
-            # at the next start, or when the peer sends it again).
-            wait([writing])
-            raise
+        # Durable before the index transaction starts: on SQLite that
+        # transaction locks the whole index, so it never waits for a disk.
+        size = self.spool.write(relative, encode_file(meta, raw_dataset))
+        # A failure to index leaves the file for the next start's re-index
+        # (or the peer's retry, which then finds it).
+        accepted = self._index(identity, relative, size, str(ts), calling_ae, origin)
         if accepted.duplicate and accepted.path != relative:
             # The UID is indexed under another study or series: keep the
             # first copy only, leave no unindexed file behind.
@@ -331,14 +310,8 @@ class Ingest:
         transfer_syntax: str,
         calling_ae: str,
         origin: str,
-        before_commit: Callable[[], object] | None = None,
     ) -> Accepted:
-        """Index one spooled instance; ``before_commit`` runs inside the transaction.
-
-        ``before_commit`` (waiting for the file to be durable) runs after the
-        statements and before the commit, also for a duplicate; when it raises,
-        nothing is indexed.
-        """
+        """Index one spooled instance; a duplicate reports where its first copy is."""
         now = utcnow()
         statements = self._statements
         with self.db.engine.begin() as conn:
@@ -360,8 +333,6 @@ class Ingest:
                 first = conn.execute(
                     statements.instance_path, {"uid": identity.sop_instance_uid}
                 ).scalar_one()
-                if before_commit is not None:
-                    before_commit()
                 return Accepted(identity, duplicate=True, origin=origin, path=first)
             series = {"uid": identity.series_uid, "now": now}
             if not conn.execute(statements.count_instance, series).rowcount:
@@ -375,6 +346,4 @@ class Ingest:
                         "origin": origin,
                     },
                 )
-            if before_commit is not None:
-                before_commit()
         return Accepted(identity, duplicate=False, origin=origin, path=relative)

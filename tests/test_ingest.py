@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,8 +21,7 @@ from node.samples import CT_128, make_series
 from node.spool import Spool
 from tests.conftest import encode_explicit_le
 
-#: Explicit VR Little Endian.
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_LE = str(ExplicitVRLittleEndian)
 
 
 def test_file_meta_matches_what_pydicom_writes_and_reads(tmp_path: Path) -> None:
@@ -53,11 +52,10 @@ def test_file_meta_matches_what_pydicom_writes_and_reads(tmp_path: Path) -> None
 
 @pytest.fixture
 def ingest(tmp_path: Path) -> Iterator[Ingest]:
-    """An Ingest on its own SQLite index and spool, closed after the test."""
+    """An Ingest on its own SQLite index and spool."""
     db = Database(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
     ingest = Ingest(db, Spool(tmp_path / "spool"), lambda ds: False)
     yield ingest
-    ingest.close()
     db.close()
 
 

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from node import audit
@@ -71,8 +72,7 @@ def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> N
     ingest = Ingest(db, spool, lambda ds: False)
     series = make_series(CT_128, slices=2)
     for ds in series:
-        ingest.accept(ds, encode_explicit_le(ds), "1.2.840.10008.1.2.1", "SCU")
-    ingest.close()
+        ingest.accept(ds, encode_explicit_le(ds), ExplicitVRLittleEndian, "SCU")
     series_uid = str(series[0].SeriesInstanceUID)
     now = utcnow()
     with db.session() as session:
