@@ -19,7 +19,8 @@ from node.api import ApiServer
 from node.completion import Completion
 from node.db import Database, make_engine
 from node.delivery import Dispatcher
-from node.dicom.scp import ReceiptJournal, StorageSCP
+from node.dicom.receipts import ReceiptJournal
+from node.dicom.scp import StorageSCP
 from node.ingest import Ingest
 from node.jobs import JobQueue, WorkerPool, worker_identity
 from node.output import is_radnode_output
@@ -87,6 +88,7 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let work in progress finish, and record the stop."""
         self.scp.stop()
+        self.scp.journal.close()
         if self.api is not None:
             self.api.stop()
         self.scheduler.shutdown(wait=True)

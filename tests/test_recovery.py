@@ -68,7 +68,7 @@ def test_restart_mid_series_loses_nothing(
     received = wait_until(lambda: node_runner.http(query), 30, "the receipt record")
     assert [r["detail"]["instances"] for r in received] == [2]
     journal = node_runner.data_dir / "associations"
-    wait_until(lambda: not list(journal.glob("*.json")), 30, "the journal entry removed")
+    wait_until(lambda: not list(journal.glob("*/*.json")), 30, "the journal entry removed")
     node_runner.kill()  # SIGKILL: no chance to tidy up
     node_runner.start()
     storescu(node_runner.port, files[2:])
@@ -108,7 +108,7 @@ def test_receipts_of_an_association_cut_off_by_a_kill_are_audited(
     assert record["detail"]["instances"] == 3
     assert record["detail"]["aborted"] is True
     assert "recovered" in record["detail"]
-    assert list((node_runner.data_dir / "associations").glob("*.json")) == []
+    assert list((node_runner.data_dir / "associations").glob("*/*.json")) == []
     # The series itself goes on as if nothing happened.
     wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 3)
 

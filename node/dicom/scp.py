@@ -8,17 +8,11 @@ audit record, and the node keeps serving.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import socket
 import ssl
 import threading
-import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from pydicom import Dataset
@@ -31,18 +25,18 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, audit
-from node.db import Database, Instance, utcnow
+from node.db import Database, utcnow
 from node.dicom.query import QueryError, find
+from node.dicom.receipts import AssociationLog, ReceiptJournal, record_receipt
 from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.dicom.tls import server_context
 from node.errors import InvalidInstanceError, StorageError
 from node.ingest import Ingest
 from node.settings import NodeSettings
-from node.spool import Spool, write_atomic
+from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -113,87 +107,6 @@ def _tune_receive(assoc: Any) -> None:
         dul.socket.__class__ = BulkReadSocket
 
 
-@dataclass
-class _AssociationLog:
-    """What one association delivered, summarised in the audit log at its end."""
-
-    calling_ae: str
-    address: str
-    started: dt.datetime
-    key: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # Keyed by (study, series, patient).
-    received: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    duplicates: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-
-
-class ReceiptJournal:
-    """The series each open association is storing, on disk until it ends.
-
-    The instances-received audit record of an association is written when it
-    ends. A process killed before that leaves the association's entry here,
-    and the next start writes the record from the index
-    (:meth:`recover`), so no accepted instance goes unaudited.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def note(self, log: _AssociationLog) -> None:
-        """Record (durably) the series ``log`` has stored so far."""
-        entry = {
-            "calling_ae": log.calling_ae,
-            "address": log.address,
-            "started": log.started.isoformat(),
-            "series": [list(key) for key in dict.fromkeys([*log.received, *log.duplicates])],
-        }
-        write_atomic(self.folder / f"{log.key}.json", [json.dumps(entry).encode()])
-
-    def close(self, log: _AssociationLog) -> None:
-        """Forget an association whose record is written."""
-        (self.folder / f"{log.key}.json").unlink(missing_ok=True)
-
-    def recover(self, db: Database) -> int:
-        """Write the records of associations a killed process left; return how many."""
-        recovered = 0
-        for path in sorted(self.folder.glob("*.json")):
-            try:
-                entry = json.loads(path.read_text())
-                started = dt.datetime.fromisoformat(entry["started"])
-                series = [tuple(key) for key in entry["series"]]
-            except (OSError, ValueError, KeyError, TypeError):
-                logger.error("unreadable receipt journal entry %s set aside", path.name)
-                path.rename(path.with_suffix(".unreadable"))
-                continue
-            with db.session() as session:
-                for study, series_uid, patient in series:
-                    count = session.scalar(
-                        select(func.count())
-                        .select_from(Instance)
-                        .where(
-                            Instance.series_uid == series_uid,
-                            Instance.calling_ae == entry["calling_ae"],
-                            Instance.received_at >= started,
-                        )
-                    )
-                    audit.record(
-                        session,
-                        audit.AuditEvent.INSTANCES_RECEIVED,
-                        outcome=audit.Outcome.MINOR_FAILURE,
-                        study_uid=study,
-                        series_uid=series_uid,
-                        patient_id=patient,
-                        actor=entry["calling_ae"],
-                        address=entry["address"],
-                        instances=int(count or 0),
-                        aborted=True,
-                        recovered="the node stopped before the association ended",
-                    )
-            path.unlink()
-            recovered += 1
-        return recovered
-
-
 class StorageSCP:
     """The node's listening AE: C-ECHO and C-STORE for every storage SOP class."""
 
@@ -212,7 +125,7 @@ class StorageSCP:
         self.journal = journal
         self._servers: list[ThreadedAssociationServer] = []
         self._lock = threading.Lock()
-        self._associations: dict[int, _AssociationLog] = {}
+        self._associations: dict[int, AssociationLog] = {}
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)
@@ -280,7 +193,7 @@ class StorageSCP:
     def _on_accepted(self, event: evt.Event) -> None:
         _tune_receive(event.assoc)
         requestor = event.assoc.requestor
-        log = _AssociationLog(
+        log = AssociationLog(
             calling_ae=str(requestor.ae_title).strip(),
             address=str(requestor.address),
             started=utcnow(),
@@ -324,21 +237,17 @@ class StorageSCP:
             return
         # One record per series per association (DICOM Instances Transferred).
         with self.db.session() as session:
-            for key in dict.fromkeys([*log.received, *log.duplicates]):
-                study, series, patient = key
-                audit.record(
+            for key in log.series:
+                record_receipt(
                     session,
-                    audit.AuditEvent.INSTANCES_RECEIVED,
-                    study_uid=study,
-                    series_uid=series,
-                    patient_id=patient,
-                    actor=log.calling_ae,
-                    address=log.address,
+                    key,
+                    log.calling_ae,
+                    log.address,
                     instances=log.received[key],
                     duplicates=log.duplicates[key],
                     aborted=event.event is evt.EVT_ABORTED,
                 )
-        self.journal.close(log)
+        self.journal.forget(log)
 
     # -- C-FIND -----------------------------------------------------------------
 
