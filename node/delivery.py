@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from node import audit
 from node.db import Database, Delivery, utcnow
@@ -39,6 +39,9 @@ class _Item:
     source_series_uid: str
     series_uid: str
     attempts: int
+    #: The claim's deadline, as written on the row: while the row still holds
+    #: it (and is ``sending``), this claim owns it.
+    deadline: dt.datetime
 
 
 class Dispatcher:
@@ -135,6 +138,7 @@ class Dispatcher:
                         row.source_series_uid,
                         row.series_uid,
                         row.attempts,
+                        deadline,
                     )
                 )
         return items
@@ -151,19 +155,13 @@ class Dispatcher:
         if stale_any is None:
             return 0
         with self.db.session() as session:
-            rows = (
-                session.execute(
-                    select(Delivery).where(
-                        Delivery.state == "sending", Delivery.next_attempt_at < now
-                    )
-                )
-                .scalars()
-                .all()
+            # One conditional statement: a row recorded meanwhile is left alone.
+            result = session.execute(
+                update(Delivery)
+                .where(Delivery.state == "sending", Delivery.next_attempt_at < now)
+                .values(state="pending", next_attempt_at=now)
             )
-            for row in rows:
-                row.state = "pending"
-                row.next_attempt_at = now
-            return len(rows)
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def pump(self) -> int:
         """Send every due delivery once; return how many were attempted."""
@@ -221,8 +219,8 @@ class Dispatcher:
         with self.db.session() as session:
             for item, result in zip(group, results, strict=True):
                 row = session.get(Delivery, item.id, with_for_update=True)
-                if row is None or row.state != "sending":
-                    continue  # given back by recovery meanwhile: another send owns it
+                if row is None or row.state != "sending" or row.next_attempt_at != item.deadline:
+                    continue  # given back by recovery meanwhile: another claim owns it
                 key = (item.study_uid, item.source_series_uid, item.series_uid)
                 row.attempts += 1
                 row.last_status = result.status
