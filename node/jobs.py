@@ -316,7 +316,6 @@ class WorkerPool:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._abandoned: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._started = 0
 
@@ -344,7 +343,6 @@ class WorkerPool:
             if thread not in self._threads or self._stop.is_set():
                 return
             self._threads.remove(thread)
-            self._abandoned.add(thread)
             self._start_one()
 
     @property
@@ -384,7 +382,5 @@ class WorkerPool:
             except Exception:  # the edge of a worker: never let one job kill it
                 logger.exception("job %d crashed its worker loop", job.id)
             with self._lock:
-                if threading.current_thread() in self._abandoned:
-                    # Replaced while stuck in that job: leave the work to the replacement.
-                    self._abandoned.discard(threading.current_thread())
-                    return
+                if threading.current_thread() not in self._threads:
+                    return  # replaced while stuck in that job (or stopping)

@@ -73,7 +73,6 @@ class Processor:
         outputs_dir: Path,
         signer: Signer | None,
         on_delivery: Callable[[], None] = lambda: None,
-        on_hung: Callable[[threading.Thread], None] = lambda thread: None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -83,8 +82,9 @@ class Processor:
         self.outputs_dir = outputs_dir
         self.signer = signer
         self.on_delivery = on_delivery
-        #: Told which worker thread is stuck in a job that timed out.
-        self.on_hung = on_hung
+        #: Told which worker thread is stuck in a job that timed out (set by
+        #: the worker pool's owner: the pool is built from this processor).
+        self.on_hung: Callable[[threading.Thread], None] = lambda thread: None
 
     def process(self, job: ClaimedJob) -> None:
         """Run ``job``; every outcome is recorded in the index and the audit log."""

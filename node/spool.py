@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -109,7 +108,3 @@ class Spool:
     def files(self) -> Iterator[Path]:
         """Every spooled instance file (for re-indexing after a crash)."""
         yield from self.root.glob("*/*/*.dcm")
-
-    def remove_series(self, study_uid: str, series_uid: str) -> None:
-        """Delete one series' folder (retention)."""
-        shutil.rmtree(self.root / study_uid / series_uid, ignore_errors=True)
