@@ -60,23 +60,16 @@ def low_dose_series(slices: int, dose: float) -> list[Dataset]:
     with), with the incident flux calibrated so that the full-dose scan would
     have ``FULL_DOSE_SD_HU`` of noise at the centre.
     """
-    from pipelines.ct_denoise.simulate import (
-        ParallelBeamProjector,
-        calibrate_photons,
-        insert_noise,
-        line_integrals,
-    )
+    from pipelines.ct_denoise.evaluate import simulate_real_low_dose
+    from pipelines.ct_denoise.simulate import ParallelBeamProjector
 
     series = make_series(CT_512, slices=slices, series_description=f"HEAD {dose:.0%} DOSE")
     projector = ParallelBeamProjector(int(series[0].Rows))
     for i, ds in enumerate(series):
         image = np.maximum(hu(ds), -1024.0)
-        spacing = float(ds.PixelSpacing[0])
-        photons = calibrate_photons(
-            projector, line_integrals(projector, image, spacing), spacing, FULL_DOSE_SD_HU
+        noisy, _ = simulate_real_low_dose(
+            image, float(ds.PixelSpacing[0]), dose, 100 + i, FULL_DOSE_SD_HU, projector
         )
-        rng = np.random.default_rng(100 + i)
-        noisy = insert_noise(projector, image, spacing, dose, photons, rng)
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         stored = np.rint((noisy - intercept) / slope)

@@ -9,11 +9,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.base import FloatArray, Volume
 from pipelines.evaluation.metrics import SOFT_TISSUE, WIDE, bias, body_mask, psnr, rmse, ssim
+
+if TYPE_CHECKING:
+    from pipelines.ct_denoise.simulate import ParallelBeamProjector
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +159,18 @@ def real_slices(size_limit: int | None) -> list[tuple[str, FloatArray, float]]:
 
 
 def simulate_real_low_dose(
-    image: FloatArray, spacing: float, dose: float, seed: int
+    image: FloatArray,
+    spacing: float,
+    dose: float,
+    seed: int,
+    normal_sd_hu: float | None = None,
+    projector: ParallelBeamProjector | None = None,
 ) -> tuple[FloatArray, float]:
-    """Low-dose version of a real slice; flux calibrated to the slice's own noise."""
+    """Low-dose version of a real slice, and the incident flux used.
+
+    The flux is calibrated so that the full-dose scan has ``normal_sd_hu`` of
+    noise at the centre; by default, the slice's own measured noise.
+    """
     from pipelines.ct_denoise.simulate import (
         ParallelBeamProjector,
         calibrate_photons,
@@ -167,8 +180,8 @@ def simulate_real_low_dose(
     from pipelines.qa import estimate_noise_sd
 
     rng = np.random.default_rng(seed)
-    proj = ParallelBeamProjector(image.shape[0])
-    sigma = max(estimate_noise_sd(image), 3.0)
+    proj = projector or ParallelBeamProjector(image.shape[0])
+    sigma = max(estimate_noise_sd(image), 3.0) if normal_sd_hu is None else normal_sd_hu
     p = line_integrals(proj, image, spacing)
     photons = calibrate_photons(proj, p, spacing, sigma)
     return insert_noise(proj, image, spacing, dose, photons, rng, p), photons
