@@ -38,7 +38,7 @@ class QueryError(ValueError):
     """The identifier cannot be answered (unknown level, bad key)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Entity:
     study_uid: str
     series_uid: str | None
@@ -94,62 +94,49 @@ def _candidates(db: Database, identifier: Dataset, level: str) -> list[_Entity]:
     study = _text(identifier.get("StudyInstanceUID", "")).strip()
     series = _text(identifier.get("SeriesInstanceUID", "")).strip()
     modality = _text(identifier.get("Modality", "")).strip()
+    stmt = select(Series).where(Series.state != "purged")
+    if study:
+        stmt = stmt.where(Series.study_uid.in_(study.split("\\")))
+    if series and level in ("SERIES", "IMAGE"):
+        stmt = stmt.where(Series.series_uid.in_(series.split("\\")))
+    if modality and "*" not in modality and "?" not in modality and level != "STUDY":
+        stmt = stmt.where(Series.modality == modality)
+    # A subquery, not a list of UIDs: the index may hold more series than a
+    # statement may bind values.
+    matching = stmt.with_only_columns(Series.series_uid).scalar_subquery()
     with db.read() as session:
-        stmt = select(Series).where(Series.state != "purged")
-        if study:
-            stmt = stmt.where(Series.study_uid.in_(study.split("\\")))
-        if series and level in ("SERIES", "IMAGE"):
-            stmt = stmt.where(Series.series_uid.in_(series.split("\\")))
-        if modality and "*" not in modality and "?" not in modality and level != "STUDY":
-            stmt = stmt.where(Series.modality == modality)
-        rows = session.execute(stmt.order_by(Series.first_received_at)).scalars().all()
-        per_series = dict(
-            session.execute(
-                select(Instance.series_uid, func.count())
-                .where(Instance.series_uid.in_([r.series_uid for r in rows]))
-                .group_by(Instance.series_uid)
-            ).all()
-        )
-        first_path = dict(
-            session.execute(
-                select(Instance.series_uid, func.min(Instance.path))
-                .where(Instance.series_uid.in_([r.series_uid for r in rows]))
-                .group_by(Instance.series_uid)
-            ).all()
-        )
         if level == "IMAGE":
             images = session.execute(
                 select(Instance.study_uid, Instance.series_uid, Instance.path)
-                .where(Instance.series_uid.in_([r.series_uid for r in rows]))
+                .where(Instance.series_uid.in_(matching))
                 .order_by(Instance.received_at)
             ).all()
             return [_Entity(s, se, p) for s, se, p in images]
-    if level == "SERIES":
-        return [
-            _Entity(
-                r.study_uid,
-                r.series_uid,
-                first_path[r.series_uid],
-                series_instances=per_series.get(r.series_uid, 0),
-            )
-            for r in rows
-            if r.series_uid in first_path
-        ]
+        rows = session.execute(stmt.order_by(Series.first_received_at)).scalars().all()
+        # Instances per series and one stored file to read the attributes from.
+        stored = {
+            uid: (count, path)
+            for uid, count, path in session.execute(
+                select(Instance.series_uid, func.count(), func.min(Instance.path))
+                .where(Instance.series_uid.in_(matching))
+                .group_by(Instance.series_uid)
+            ).all()
+        }
+    found: list[_Entity] = []
     studies: dict[str, _Entity] = {}
     for r in rows:
-        if r.series_uid not in first_path:
+        if r.series_uid not in stored:
             continue
-        known = studies.get(r.study_uid)
-        studies[r.study_uid] = _Entity(
-            r.study_uid,
-            None,
-            known.path if known else first_path[r.series_uid],
-            series_count=(known.series_count if known else 0) + 1,
-            study_instances=(known.study_instances if known else 0)
-            + per_series.get(r.series_uid, 0),
-            modalities=tuple(sorted({*(known.modalities if known else ()), r.modality} - {""})),
-        )
-    return list(studies.values())
+        count, path = stored[r.series_uid]
+        if level == "SERIES":
+            found.append(_Entity(r.study_uid, r.series_uid, path, series_instances=count))
+            continue
+        known = studies.setdefault(r.study_uid, _Entity(r.study_uid, None, path))
+        known.series_count += 1
+        known.study_instances += count
+        if r.modality:
+            known.modalities = tuple(sorted({*known.modalities, r.modality}))
+    return found if level == "SERIES" else list(studies.values())
 
 
 def find(db: Database, spool: Spool, identifier: Dataset) -> Iterator[Dataset]:
@@ -162,6 +149,7 @@ def find(db: Database, spool: Spool, identifier: Dataset) -> Iterator[Dataset]:
     """
     level = _level(identifier)
     query_keys = [e.keyword for e in identifier if e.keyword and e.keyword not in _SKIP]
+    wanted = [m for m in _text(identifier.get("ModalitiesInStudy", "")).split("\\") if m]
     for entity in _candidates(db, identifier, level):
         try:
             header = dcmread(spool.path(entity.path), stop_before_pixels=True)
@@ -172,7 +160,6 @@ def find(db: Database, spool: Spool, identifier: Dataset) -> Iterator[Dataset]:
             continue
         # Modalities in Study is a study attribute the index computes (C.6.2.1.2):
         # it matches when any requested modality is among the study's.
-        wanted = [m for m in _text(identifier.get("ModalitiesInStudy", "")).split("\\") if m]
         if (
             level == "STUDY"
             and wanted
