@@ -81,6 +81,15 @@ class NodeRunner:
             )
         )
 
+    def configure_receive_only(self, extra_node: Mapping[str, Any] | None = None) -> None:
+        """Settings whose only rule matches nothing: the node receives and indexes only."""
+        self.configure(
+            [{"name": "pacs", "ae_title": "NOWHERE", "host": LOOPBACK, "port": 9}],
+            [ct_rule("never", match={"Modality": "XX"})],
+            quiet_seconds=30,
+            extra_node=extra_node,
+        )
+
     def start(self) -> Process:
         self.starts += 1
         self.process = start_node(

@@ -17,18 +17,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def stocked(tmp_path: Path, node_runner: NodeRunner) -> tuple[NodeRunner, list[Dataset]]:
     """A node holding a 3-slice CT series and a 2-slice MR series of one patient."""
-    node_runner.configure(
-        [{"name": "pacs", "ae_title": "NOWHERE", "host": LOOPBACK, "port": 9}],
-        [
-            {
-                "name": "none",
-                "pipeline": "ct-denoise",
-                "destinations": ["pacs"],
-                "match": {"Modality": "XX"},
-            }
-        ],
-        quiet_seconds=30,
-    )
+    node_runner.configure_receive_only()
     node_runner.start()
     ct = make_series(CT_128, slices=3, patient_id="RADNODE-Q1", series_description="CT HEAD")
     mr = make_series(

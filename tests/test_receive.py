@@ -18,24 +18,11 @@ from tests.conftest import NodeRunner
 
 pytestmark = pytest.mark.e2e
 
-OUT_OF_SCOPE_DEST = {"name": "pacs", "ae_title": "NOWHERE", "host": LOOPBACK, "port": 9}
-
 
 @pytest.fixture
 def node(node_runner: NodeRunner) -> NodeRunner:
     """A running node whose only rule matches nothing (receive-only tests)."""
-    node_runner.configure(
-        [OUT_OF_SCOPE_DEST],
-        [
-            {
-                "name": "never",
-                "pipeline": "ct-denoise",
-                "destinations": ["pacs"],
-                "match": {"Modality": "XX"},
-            }
-        ],
-        quiet_seconds=30,
-    )
+    node_runner.configure_receive_only()
     node_runner.start()
     return node_runner
 
@@ -191,11 +178,7 @@ def test_rle_compressed_by_pydicom_is_received(tmp_path: Path, node: NodeRunner)
 def test_allowed_calling_ae_rejects_others_and_audits_it(
     tmp_path: Path, node_runner: NodeRunner
 ) -> None:
-    node_runner.configure(
-        [OUT_OF_SCOPE_DEST],
-        [{"name": "r", "pipeline": "ct-denoise", "destinations": ["pacs"]}],
-        extra_node={"allowed_calling_ae": ["SCANNER"]},
-    )
+    node_runner.configure_receive_only(extra_node={"allowed_calling_ae": ["SCANNER"]})
     node_runner.start()
     refused = run_tool(
         ["echoscu", "-aet", "INTRUDER", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)]

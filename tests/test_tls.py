@@ -83,9 +83,7 @@ def test_tls_port_requires_a_trusted_client_certificate(
     tmp_path: Path, pki: Path, node_runner: NodeRunner
 ) -> None:
     tls_port = free_port()
-    node_runner.configure(
-        [{"name": "pacs", "ae_title": "NOWHERE", "host": LOOPBACK, "port": 9}],
-        [ct_rule(match={"Modality": "XX"})],
+    node_runner.configure_receive_only(
         extra_node={
             "tls": {
                 "port": tls_port,
