@@ -6,10 +6,11 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from node import __version__, audit
-from node.db import Database
+from node.db import Database, make_engine
 from node.errors import ConfigError
 from node.settings import Settings, config_path, load_settings
 from pipelines.base import PipelineError
@@ -39,15 +40,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(_settings(args.config))
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from node.db import make_engine
-
-    settings = _settings(args.config, with_registry=False)
+@contextmanager
+def _index(settings: Settings) -> Iterator[Database]:
+    """The node's index for a command, closed afterwards."""
     db = Database(make_engine(settings.node.database_url))
     try:
-        return _audit(args, db)
+        yield db
     finally:
         db.close()
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    with _index(_settings(args.config, with_registry=False)) as db:
+        return _audit(args, db)
 
 
 def _audit(args: argparse.Namespace, db: Database) -> int:
@@ -107,24 +112,20 @@ def _audit(args: argparse.Namespace, db: Database) -> int:
 
 
 def _cmd_deliveries(args: argparse.Namespace) -> int:
-    from node.db import make_engine
     from node.delivery import Dispatcher
 
     settings = _settings(args.config, with_registry=False)
-    db = Database(make_engine(settings.node.database_url))
-    try:
+    with _index(settings) as db:
         dispatcher = Dispatcher(db, settings, settings.node.data_dir)
         if args.action == "retry":
             count = dispatcher.retry_failed(actor="cli", destination=args.destination)
             print(f"{count} failed deliveries queued again (a running node sends them)")
             return 0
         rows = dispatcher.summary()
-        print(f"{'destination':20s} {'state':10s} {'instances':>9s}")
-        for destination, state, count in rows:
-            print(f"{destination:20s} {state:10s} {count:9d}")
-        return 0
-    finally:
-        db.close()
+    print(f"{'destination':20s} {'state':10s} {'instances':>9s}")
+    for destination, state, count in rows:
+        print(f"{destination:20s} {state:10s} {count:9d}")
+    return 0
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
