@@ -9,10 +9,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-from pipelines.base import SliceQA
+from pipelines.base import FloatArray, SliceQA
 from pipelines.stats import upper_percentile
 
-FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 
 

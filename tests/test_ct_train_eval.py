@@ -31,6 +31,19 @@ def test_train_smoke_writes_loadable_pinned_weights(tmp_path: Path) -> None:
     assert sha256_file(again / "ct_denoise_rescnn_v1.pt") == record["sha256"]
 
 
+def test_train_smoke_keeps_init_and_learning_rate(tmp_path: Path) -> None:
+    from pipelines.ct_denoise.inference import shipped_weights
+
+    train = entry().train
+    assert train is not None
+    shipped, shipped_sha = shipped_weights()
+    args = ["--smoke", "--out", str(tmp_path), "--cache", "none", "--lr", "0.0002"]
+    assert train([*args, "--init", str(shipped)]) == 0
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["init_sha256"] == shipped_sha
+    assert record["config"]["lr"] == 0.0002
+
+
 def test_evaluate_quick_writes_report_and_json(tmp_path: Path) -> None:
     evaluate = entry().evaluate
     assert evaluate is not None

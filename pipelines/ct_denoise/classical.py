@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float32]
+from pipelines.base import FloatArray
 
 #: Filter strength h = NLM_H_FACTOR * sigma. Tuned on simulated 25 % dose slices
 #: (``radnode evaluate ct-denoise`` repeats the sweep); never on the real images.

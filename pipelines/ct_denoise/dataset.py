@@ -13,14 +13,13 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
+from pipelines.base import FloatArray
 from pipelines.ct_denoise.simulate import DOSE_FRACTIONS, ParallelBeamProjector, simulate_pairs
 from pipelines.qa import estimate_noise_sd
 
 logger = logging.getLogger(__name__)
 
-FloatArray = npt.NDArray[np.float32]
 #: Bumped whenever the phantoms or the noise simulation change, so a cache of
 #: an older recipe is never reused.
 RECIPE_VERSION = "ct-sim-4"

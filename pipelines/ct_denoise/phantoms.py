@@ -6,7 +6,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
-FloatArray = npt.NDArray[np.float32]
+from pipelines.base import FloatArray
+
 Rng = np.random.Generator
 
 # Typical attenuation of tissues at 120 kVp, in HU (textbook ranges; each

@@ -6,9 +6,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float32]
+from pipelines.base import FloatArray
 
 #: Linear attenuation of water at the ~70 keV effective energy of a 120 kVp
 #: beam, per mm. HU = 1000 * (mu - mu_water) / mu_water.

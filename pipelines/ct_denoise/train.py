@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +81,17 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, Path, Path | None, boo
         init=str(ns.init) if ns.init is not None else None,
     )
     if ns.smoke:
-        cfg = TrainConfig(
+        # A tiny run of the same command: seed, learning rate and --init are
+        # kept (with --init, so is the network width the weights were made for).
+        cfg = replace(
+            cfg,
             steps=min(ns.steps, 3),
-            seed=ns.seed,
             phantoms=2,
             doses_per_phantom=1,
             size=64,
             patch=32,
             batch=2,
-            channels=8,
+            channels=cfg.channels if cfg.init else 8,
             threads=1,
             workers=1,
         )

@@ -8,10 +8,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
+from pipelines.base import FloatArray
 from pipelines.stats import upper_percentile
 
 ComplexArray = npt.NDArray[np.complex64]
-FloatArray = npt.NDArray[np.float32]
 
 #: Fraction of the symmetric acquired band that data consistency enforces. The
 #: innermost k-space carries contrast and the position of anatomy and has the
