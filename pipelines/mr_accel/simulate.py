@@ -92,8 +92,8 @@ def accelerate(clean: FloatArray, acc: Acceleration, rng: np.random.Generator) -
     shape = (clean.shape[0], clean.shape[1])
     obj = clean * np.exp(1j * smooth_phase(rng, shape))
     k = fft2c(obj)
-    scale = float(np.percentile(clean, 99.5)) or 1.0
     if acc.noise > 0:
+        scale = float(np.percentile(clean, 99.5)) or 1.0
         noise = rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)
         k = k + (acc.noise * scale / np.sqrt(2.0)) * noise
     n = shape[0] if acc.pe_axis == -2 else shape[1]
