@@ -1,15 +1,25 @@
-"""The receive socket reads whole PDUs in bulk, and stops at a closed connection."""
+"""The receive path's pynetdicom tuning.
+
+The socket reads whole PDUs in bulk and stops at a closed connection; a
+C-STORE is served in the association's DUL thread as its request completes,
+other requests in the association's own thread.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 import threading
+from pathlib import Path
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from node.dicom.scp import BulkReadSocket
+from node.dicom.scp import BulkReadSocket, _tune_receive
+from node.peers import LOOPBACK, free_port, run_tool
+from node.samples import CT_128, make_series, write_series
 
 
 def _socket(connection: socket.socket) -> BulkReadSocket:
@@ -44,3 +54,43 @@ def test_returns_what_arrived_when_the_peer_closes() -> None:
         assert _socket(ours).recv(1_000) == b"partial PDU"
     finally:
         ours.close()
+
+
+def test_c_store_is_served_in_the_dul_thread_and_c_echo_in_the_association(
+    tmp_path: Path,
+) -> None:
+    threads: dict[str, list[threading.Thread]] = {"store": [], "echo": []}
+
+    def on_store(event: evt.Event) -> int:
+        threads["store"].append(threading.current_thread())
+        return 0x0000
+
+    def on_echo(event: evt.Event) -> int:
+        threads["echo"].append(threading.current_thread())
+        return 0x0000
+
+    ae = AE(ae_title="TUNED")
+    ae.add_supported_context(CTImageStorage)
+    ae.add_supported_context(Verification)
+    port = free_port()
+    server = ae.start_server(
+        (LOOPBACK, port),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_ACCEPTED, lambda event: _tune_receive(event.assoc)),
+            (evt.EVT_C_STORE, on_store),
+            (evt.EVT_C_ECHO, on_echo),
+        ],
+    )
+    assert server is not None
+    try:
+        files = write_series(make_series(CT_128, slices=3), tmp_path / "series")
+        sent = run_tool(["storescu", "-aec", "TUNED", LOOPBACK, str(port), *map(str, files)])
+        echoed = run_tool(["echoscu", "-aec", "TUNED", LOOPBACK, str(port)])
+    finally:
+        server.shutdown()
+    assert sent.returncode == 0, sent.stderr
+    assert echoed.returncode == 0, echoed.stderr
+    assert len(threads["store"]) == 3
+    assert all(isinstance(t, DULServiceProvider) for t in threads["store"])
+    assert len(threads["echo"]) == 1 and isinstance(threads["echo"][0], Association)
