@@ -53,9 +53,10 @@ def median_local_sd(image: FloatArray, mask: BoolArray, size: int) -> float:
     the masked pixels.
     """
     x = image.astype(np.float32) - np.float32(np.mean(image))
-    mean = ndi.uniform_filter(x, size=size)[mask]
-    mean_sq = ndi.uniform_filter(x * x, size=size)[mask]
-    return float(np.median(np.sqrt(np.maximum(mean_sq - mean * mean, np.float32(0.0)))))
+    mean = ndi.uniform_filter(x, size=size)
+    variance = ndi.uniform_filter(x * x, size=size)
+    variance -= mean * mean
+    return float(np.median(np.sqrt(np.maximum(variance[mask], np.float32(0.0)))))
 
 
 def flat_mask(image: FloatArray, size: int = 9) -> BoolArray:
@@ -204,10 +205,46 @@ def _box_mean_on_grid(image: FloatArray, size: int, grid: tuple[slice, slice]) -
 
 
 def _gradient(smooth: FloatArray) -> FloatArray:
-    """Sobel gradient magnitude (float32; no overflow-safe ``hypot`` needed in HU)."""
-    g0 = ndi.sobel(smooth, 0)
-    g1 = ndi.sobel(smooth, 1)
+    """Sobel gradient magnitude (float32; no overflow-safe ``hypot`` needed in HU).
+
+    ``ndimage.sobel`` along both axes (``"reflect"`` border), from one
+    reflected copy by array differences: five times faster on a 256 x 256
+    slice, equal to float32 rounding.
+    """
+    x = np.pad(np.asarray(smooth, dtype=np.float32), 1, mode="symmetric")
+    d0 = x[2:] - x[:-2]  # [-1, 0, 1] down the rows ...
+    g0 = d0[:, :-2] + 2 * d0[:, 1:-1] + d0[:, 2:]  # ... [1, 2, 1] across them
+    d1 = x[:, 2:] - x[:, :-2]
+    g1 = d1[:-2] + 2 * d1[1:-1] + d1[2:]
     return np.asarray(np.sqrt(g0 * g0 + g1 * g1), dtype=np.float32)
+
+
+def grow(mask: BoolArray, size: int) -> BoolArray:
+    """``ndimage.maximum_filter(mask, size)`` of a boolean mask, by shifted ORs.
+
+    A ``size`` x ``size`` window placed as ndimage places it (even sizes
+    reach one pixel further back than forward). The reflected border adds no
+    values the window does not already hold, so the window is simply cut at
+    the edges. Several times faster than ndimage's filter on booleans.
+    """
+    out = np.asarray(mask, dtype=bool)
+    back, forward = size // 2, size - 1 - size // 2
+    for axis in (0, 1):
+        grown = out.copy()
+        n = out.shape[axis]
+        for shift in range(1, max(back, forward) + 1):
+            if shift >= n:
+                break
+            ahead = [slice(None)] * 2
+            behind = [slice(None)] * 2
+            if shift <= forward:  # out[i] |= mask[i + shift]
+                ahead[axis], behind[axis] = slice(0, n - shift), slice(shift, n)
+                grown[tuple(ahead)] |= out[tuple(behind)]
+            if shift <= back:  # out[i] |= mask[i - shift]
+                ahead[axis], behind[axis] = slice(shift, n), slice(0, n - shift)
+                grown[tuple(ahead)] |= out[tuple(behind)]
+        out = grown
+    return out
 
 
 def edge_correlation(
@@ -293,7 +330,7 @@ def structure_area_mm2(
     # so the scale is a robust SD (MAD) per tile of ~15 smoothing widths:
     # local enough to follow the noise, robust so a lesion does not raise it.
     scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16))
-    strong_edge = ndi.maximum_filter(edges > edge_p90, size=5)
+    strong_edge = grow(edges > edge_p90, 5)
     hot = (np.abs(smooth_res) > np.maximum(z * scale, floor_hu)) & body & ~strong_edge
     if not hot.any():
         return 0.0
@@ -350,7 +387,7 @@ def gate_slice(
     edges = _gradient(ndi.gaussian_filter(b, sigma_px, truncate=3.0))
     if np.count_nonzero(tissue) >= 64:
         edge = edges > 3.0 * float(np.median(edges[tissue])) + 1e-6
-        flat = tissue & ~ndi.maximum_filter(edge, size=9)
+        flat = tissue & ~grow(edge, 9)
         if np.count_nonzero(flat) < 64:
             flat = tissue
     else:

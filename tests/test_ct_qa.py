@@ -14,11 +14,13 @@ from pipelines.ct_denoise.pipeline import CTDenoisePipeline, parse_params
 from pipelines.ct_denoise.simulate import ParallelBeamProjector, simulate_pair
 from pipelines.qa import (
     _dilate_diamond,
+    _gradient,
     _tile_mad,
     block_mean,
     estimate_noise_sd,
     flat_mask,
     gate_slice,
+    grow,
     region_bias,
 )
 
@@ -178,3 +180,19 @@ def test_tile_mad_is_the_median_of_each_tile() -> None:
                 vals = np.abs(values[r0 : r0 + tile, c0 : c0 + tile][sel])
                 expected[r0 : r0 + tile, c0 : c0 + tile] = 1.4826 * float(np.median(vals)) + 1e-3
     np.testing.assert_array_equal(_tile_mad(values, mask, tile), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (37, 64), (5, 9), (1, 7)])
+def test_grow_is_ndimage_maximum_filter(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 3, 4, 5, 8, 9, 12):
+        for density in (0.01, 0.2):
+            mask = rng.random(shape) < density
+            assert np.array_equal(grow(mask, size), ndi.maximum_filter(mask, size=size))
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (37, 64), (5, 9)])
+def test_gradient_is_ndimage_sobel_magnitude(shape: tuple[int, int]) -> None:
+    image = np.random.default_rng(4).normal(0.0, 100.0, shape).astype(np.float32)
+    expected = np.hypot(ndi.sobel(image, 0), ndi.sobel(image, 1))
+    np.testing.assert_allclose(_gradient(image), expected, rtol=0, atol=1e-6 * expected.max())

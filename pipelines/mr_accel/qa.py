@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from pipelines.base import FloatArray, SliceQA
 from pipelines.mr_accel.filters import (
@@ -18,6 +17,7 @@ from pipelines.mr_accel.filters import (
     gaussian_kernel,
 )
 from pipelines.mr_accel.kspace import floor_corrected, lowfreq_difference
+from pipelines.qa import grow
 from pipelines.stats import upper_percentile
 
 
@@ -115,7 +115,7 @@ def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None
     grad_r = spec_in.filtered(_smoothed_sobel(fine, axis=0))
     grad_c = spec_in.filtered(_smoothed_sobel(fine, axis=1))
     edge = grad_r * grad_r + grad_c * grad_c > np.float32((8.0 * 0.02) ** 2)
-    near_edge = ndimage.maximum_filter(edge, size=int(4 * lim.structure_sigma) + 1)
+    near_edge = grow(edge, int(4 * lim.structure_sigma) + 1)
     smooth_res = spec_res.filtered(Separable(fine, fine))
     flat = ~near_edge
     structure = float(np.abs(smooth_res[flat]).max()) if flat.any() else 0.0
