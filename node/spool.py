@@ -7,15 +7,17 @@ a crash of the process or of the machine.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from node.errors import StorageError
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Numbers this process's temporary files (``next`` is atomic in CPython).
+_TEMPORARY = itertools.count()
 
 
 def check_uid(value: str, what: str) -> str:
@@ -65,25 +67,42 @@ def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
     """
     try:
         _make_dirs(path.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp, fd = _create_temporary(path)
     except OSError as exc:
         raise StorageError(f"cannot create {path.name}: {exc.strerror}") from exc
-    tmp = Path(tmp_name)
-    size = 0
+    data = list(chunks)
+    size = sum(len(chunk) for chunk in data)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-                size += len(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            os.fchmod(fd, mode)
+            written = os.writev(fd, data) if data else 0
+            if written < size:  # a short write: the rest, one call at a time
+                rest = memoryview(b"".join(data))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path.name}: {exc.strerror}") from exc
     return size
+
+
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """A new file beside ``path``, named for this process, open for writing.
+
+    Created with mode 0600; a name left by an earlier process with the same
+    process ID is skipped, never reused.
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{next(_TEMPORARY)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
 
 
 class Spool:

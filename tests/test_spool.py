@@ -1,0 +1,52 @@
+"""Atomic, durable file writes: the content, the mode, and no temporary left behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from node import spool
+from node.errors import StorageError
+from node.spool import write_atomic
+
+
+def test_writes_all_chunks_with_the_mode_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "study" / "series" / "1.2.3.dcm"
+    chunks = [b"\0" * 128, b"DICM", os.urandom(300), os.urandom(600_000)]
+    assert write_atomic(target, chunks, mode=0o640) == sum(map(len, chunks))
+    assert target.read_bytes() == b"".join(chunks)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert os.listdir(target.parent) == [target.name]
+
+
+def test_replaces_an_existing_file(tmp_path: Path) -> None:
+    target = tmp_path / "key.pem"
+    write_atomic(target, [b"old"], mode=0o600)
+    write_atomic(target, [b"new", b" key"], mode=0o600)
+    assert target.read_bytes() == b"new key"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_temporary_left_by_an_earlier_process_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "1.2.3.dcm"
+    sequence = iter(range(5))
+    monkeypatch.setattr(spool, "_TEMPORARY", sequence)
+    stale = tmp_path / f".{target.name}.{os.getpid()}-0.tmp"
+    stale.write_bytes(b"left by a crash")
+    write_atomic(target, [b"instance"])
+    assert target.read_bytes() == b"instance"
+    assert stale.read_bytes() == b"left by a crash"
+    assert sorted(os.listdir(tmp_path)) == sorted([stale.name, target.name])
+
+
+def test_a_failure_names_the_file_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "in-the-way" / "1.2.3.dcm"
+    target.mkdir(parents=True)  # a folder where the file belongs: the rename fails
+    with pytest.raises(StorageError, match=r"cannot write 1\.2\.3\.dcm"):
+        write_atomic(target, [b"instance"])
+    assert os.listdir(target.parent) == [target.name]
