@@ -1,8 +1,9 @@
-"""The receive path's pynetdicom tuning.
+"""pynetdicom tuned for the node's traffic (``node.dicom.tuning``).
 
 The socket reads whole PDUs in bulk and stops at a closed connection; a
 C-STORE is served in the association's DUL thread as its request completes,
-other requests in the association's own thread.
+other requests in the association's own thread; both sides send without
+Nagle's delay.
 """
 
 from __future__ import annotations
@@ -17,9 +18,16 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from node.dicom.scp import BulkReadSocket, _tune_receive
-from node.peers import LOOPBACK, free_port, run_tool
+from node.dicom.tuning import DUL_POLL_SECONDS, BulkReadSocket, tune_receive, tune_send
+from node.peers import LOOPBACK, free_port, run_tool, start_storescp
 from node.samples import CT_128, make_series, write_series
+
+
+def _no_delay(assoc: Association) -> int:
+    """The TCP_NODELAY option of an association's connection."""
+    transport = assoc.dul.socket
+    assert transport is not None and transport.socket is not None
+    return transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def _socket(connection: socket.socket) -> BulkReadSocket:
@@ -60,9 +68,11 @@ def test_c_store_is_served_in_the_dul_thread_and_c_echo_in_the_association(
     tmp_path: Path,
 ) -> None:
     threads: dict[str, list[threading.Thread]] = {"store": [], "echo": []}
+    no_delay: list[int] = []
 
     def on_store(event: evt.Event) -> int:
         threads["store"].append(threading.current_thread())
+        no_delay.append(_no_delay(event.assoc))
         return 0x0000
 
     def on_echo(event: evt.Event) -> int:
@@ -77,7 +87,7 @@ def test_c_store_is_served_in_the_dul_thread_and_c_echo_in_the_association(
         (LOOPBACK, port),
         block=False,
         evt_handlers=[
-            (evt.EVT_ACCEPTED, lambda event: _tune_receive(event.assoc)),
+            (evt.EVT_ACCEPTED, lambda event: tune_receive(event.assoc)),
             (evt.EVT_C_STORE, on_store),
             (evt.EVT_C_ECHO, on_echo),
         ],
@@ -94,3 +104,22 @@ def test_c_store_is_served_in_the_dul_thread_and_c_echo_in_the_association(
     assert len(threads["store"]) == 3
     assert all(isinstance(t, DULServiceProvider) for t in threads["store"])
     assert len(threads["echo"]) == 1 and isinstance(threads["echo"][0], Association)
+    assert no_delay and all(no_delay)
+
+
+def test_an_association_the_node_requests_sends_without_delay(tmp_path: Path) -> None:
+    peer = start_storescp(tmp_path / "storescp")
+    try:
+        ae = AE(ae_title="RADNODE")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(LOOPBACK, peer.port, ae_title="STORESCP")
+        assert assoc.is_established
+        try:
+            tune_send(assoc)
+            assert _no_delay(assoc)
+            assert assoc.dul._run_loop_delay == DUL_POLL_SECONDS
+            assert assoc.send_c_echo().Status == 0x0000
+        finally:
+            assoc.release()
+    finally:
+        peer.stop()
