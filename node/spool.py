@@ -65,13 +65,13 @@ def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
     StorageError
         Naming the file and the operating system's reason.
     """
+    data = list(chunks)
+    size = sum(len(chunk) for chunk in data)
     try:
         _make_dirs(path.parent)
         tmp, fd = _create_temporary(path)
     except OSError as exc:
         raise StorageError(f"cannot create {path.name}: {exc.strerror}") from exc
-    data = list(chunks)
-    size = sum(len(chunk) for chunk in data)
     try:
         try:
             os.fchmod(fd, mode)
@@ -88,6 +88,9 @@ def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageError(f"cannot write {path.name}: {exc.strerror}") from exc
+    except BaseException:  # interrupted: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return size
 
 

@@ -228,6 +228,8 @@ def grow(mask: BoolArray, size: int) -> BoolArray:
     the edges. Several times faster than ndimage's filter on booleans.
     """
     out = np.asarray(mask, dtype=bool)
+    if out.ndim != 2:
+        raise ValueError(f"grow takes a 2-D mask; got {out.ndim} dimensions")
     back, forward = size // 2, size - 1 - size // 2
     for axis in (0, 1):
         grown = out.copy()

@@ -8,6 +8,10 @@ from pathlib import Path
 from node import audit
 from node.db import AuditRecord, Database, Instance, make_engine, utcnow
 from node.dicom.receipts import AssociationLog, ReceiptJournal
+from node.dicom.scp import StorageSCP
+from node.ingest import Accepted, Identity, Ingest
+from node.settings import NodeSettings
+from node.spool import Spool
 
 KEY = ("1.2", "1.2.3", "P1")
 
@@ -73,3 +77,25 @@ def test_a_clean_close_leaves_nothing_to_recover(tmp_path: Path) -> None:
     assert ReceiptJournal(root).recover(db) == 0
     assert _receipts(db) == []
     db.close()
+
+
+def test_an_instance_stored_after_its_association_ended_is_audited_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """A C-STORE handler that outlives its association (a time-out) still leaves a record."""
+    db = Database(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
+    spool = Spool(tmp_path / "spool")
+    journal = ReceiptJournal(tmp_path / "associations")
+    scp = StorageSCP(NodeSettings(), db, Ingest(db, spool, lambda ds: False), spool, journal)
+    identity = Identity("1.2.840.10008.5.1.4.1.1.2", "1.2.3.9", KEY[0], KEY[1], "CT", KEY[2])
+    log = AssociationLog(calling_ae="SLOW", address="127.0.0.1", started=utcnow())
+    scp._count(log, Accepted(identity, duplicate=False, origin="external", path="x.dcm"))
+    assert log.received[KEY] == 1 and _receipts(db) == []  # counted for the end record
+
+    log.closed = True  # the association's end has been recorded
+    scp._count(log, Accepted(identity, duplicate=True, origin="external", path="x.dcm"))
+    [record] = _receipts(db)
+    assert record.actor == "SLOW"
+    assert '"duplicates": 1' in record.detail and '"aborted": true' in record.detail
+    assert log.duplicates[KEY] == 0
+    journal.forget(log)

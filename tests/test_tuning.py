@@ -11,15 +11,27 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from io import BytesIO
 from pathlib import Path
 
+import pytest
+from pydicom import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from node.dicom.tuning import DUL_POLL_SECONDS, BulkReadSocket, tune_receive, tune_send
-from node.peers import LOOPBACK, free_port, run_tool, start_storescp
+from node.dicom.tuning import (
+    BULK_READ_MAX,
+    DUL_POLL_SECONDS,
+    BulkReadSocket,
+    tune_receive,
+    tune_send,
+)
+from node.peers import LOOPBACK, free_port, run_tool, start_storescp, wait_until
 from node.samples import CT_128, make_series, write_series
 
 
@@ -123,3 +135,75 @@ def test_an_association_the_node_requests_sends_without_delay(tmp_path: Path) ->
             assoc.release()
     finally:
         peer.stop()
+
+
+def test_a_pdu_longer_than_the_bulk_limit_is_read_as_it_arrives() -> None:
+    ours, peer = socket.socketpair()
+    payload = os.urandom(BULK_READ_MAX + 10_000)
+    writer = threading.Thread(target=peer.sendall, args=(payload,))
+    writer.start()
+    try:
+        assert _socket(ours).recv(len(payload)) == payload
+    finally:
+        writer.join()
+        ours.close()
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    ("what", "sop_class", "accepted_context"),
+    [
+        ("a SOP Class that is not storage", "1.2.3.4", True),
+        ("a presentation context never accepted", CTImageStorage, False),
+    ],
+)
+def test_a_c_store_pynetdicom_refuses_aborts_in_the_association_thread(
+    what: str, sop_class: str, accepted_context: bool
+) -> None:
+    """pynetdicom aborts such a request and waits for the DUL thread: not from inside it."""
+    aborted: list[threading.Thread] = []
+    ae = AE(ae_title="TUNED")
+    ae.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
+    port = free_port()
+    server = ae.start_server(
+        (LOOPBACK, port),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_ACCEPTED, lambda event: tune_receive(event.assoc)),
+            (evt.EVT_C_STORE, lambda event: 0x0000),
+            (evt.EVT_ABORTED, lambda event: aborted.append(threading.current_thread())),
+        ],
+    )
+    assert server is not None
+    stopped = threading.Event()
+    try:
+        scu = AE(ae_title="PEER")
+        scu.add_requested_context(CTImageStorage, ImplicitVRLittleEndian)
+        scu.network_timeout = scu.dimse_timeout = 10
+        assoc = scu.associate(LOOPBACK, port, ae_title="TUNED")
+        assert assoc.is_established
+        request = C_STORE()
+        request.MessageID = 1
+        request.Priority = 2
+        request.AffectedSOPClassUID = sop_class
+        request.AffectedSOPInstanceUID = "1.2.3.5"
+        dataset = Dataset()
+        dataset.PatientID = "P1"
+        encoded = encode(dataset, True, True)
+        assert encoded is not None
+        request.DataSet = BytesIO(encoded)
+        context_id = assoc.accepted_contexts[0].context_id
+        assert context_id is not None
+        assoc.dimse.send_msg(request, context_id if accepted_context else 99)
+        assert wait_until(lambda: assoc.is_aborted, 10, f"the abort after {what}")
+    finally:
+
+        def stop() -> None:
+            server.shutdown()
+            stopped.set()
+
+        shutdown = threading.Thread(target=stop)
+        shutdown.start()
+        shutdown.join(10)
+    assert stopped.is_set(), f"the server did not stop after {what}"
+    assert len(aborted) == 1 and isinstance(aborted[0], Association)

@@ -44,6 +44,9 @@ class AssociationLog:
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     received: Counter[SeriesKey] = field(default_factory=Counter)
     duplicates: Counter[SeriesKey] = field(default_factory=Counter)
+    #: Set when the association's end is being recorded: an instance stored
+    #: after that (a handler that outlived a time-out) is audited on its own.
+    closed: bool = False
 
     @property
     def series(self) -> list[SeriesKey]:

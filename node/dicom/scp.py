@@ -34,7 +34,7 @@ from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.dicom.tls import server_context
 from node.dicom.tuning import tune_receive
 from node.errors import InvalidInstanceError, StorageError
-from node.ingest import Ingest
+from node.ingest import Accepted, Ingest
 from node.settings import NodeSettings
 from node.spool import Spool
 
@@ -147,7 +147,6 @@ class StorageSCP:
         return 0x0000
 
     def _on_accepted(self, event: evt.Event) -> None:
-        tune_receive(event.assoc)
         requestor = event.assoc.requestor
         log = AssociationLog(
             calling_ae=str(requestor.ae_title).strip(),
@@ -165,6 +164,9 @@ class StorageSCP:
                 called_ae=self.settings.ae_title,
                 tls=_is_tls(event),
             )
+        # Last: from here on a C-STORE may be served in the DUL thread, and
+        # it must find the association's log.
+        tune_receive(event.assoc)
 
     def _on_rejected(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
@@ -189,6 +191,8 @@ class StorageSCP:
     def _on_ended(self, event: evt.Event) -> None:
         with self._lock:
             log = self._associations.pop(id(event.assoc), None)
+            if log is not None:
+                log.closed = True
         if log is None or not (log.received or log.duplicates):
             return
         # One record per series per association (DICOM Instances Transferred).
@@ -258,18 +262,40 @@ class StorageSCP:
             logger.exception("C-STORE failed")
             return self._reject(event, calling, CANNOT_UNDERSTAND, f"{type(exc).__name__}: {exc}")
         if log is not None:
-            ident = accepted.identity
-            key = (ident.study_uid, ident.series_uid, ident.patient_id)
-            new_series = key not in log.received and key not in log.duplicates
-            (log.duplicates if accepted.duplicate else log.received)[key] += 1
-            if new_series:
-                try:
-                    self.journal.note(log)
-                except StorageError as exc:
-                    # Stored and indexed; only a crash before the association
-                    # ends would now leave its receipt unaudited.
-                    logger.error("cannot journal an association's receipt: %s", exc)
+            self._count(log, accepted)
         return 0x0000
+
+    def _count(self, log: AssociationLog, accepted: Accepted) -> None:
+        """Add a stored instance to its association's receipt."""
+        ident = accepted.identity
+        key = (ident.study_uid, ident.series_uid, ident.patient_id)
+        with self._lock:  # the association may end (or time out) meanwhile
+            late = log.closed
+            if not late:
+                new_series = key not in log.received and key not in log.duplicates
+                (log.duplicates if accepted.duplicate else log.received)[key] += 1
+                if new_series:
+                    try:
+                        self.journal.note(log)
+                    except StorageError as exc:
+                        # Stored and indexed; only a crash before the association
+                        # ends would now leave its receipt unaudited.
+                        logger.error("cannot journal an association's receipt: %s", exc)
+        if late:
+            # Its end is recorded already: this instance gets a record of its own.
+            try:
+                with self.db.session() as session:
+                    record_receipt(
+                        session,
+                        key,
+                        log.calling_ae,
+                        log.address,
+                        instances=0 if accepted.duplicate else 1,
+                        duplicates=1 if accepted.duplicate else 0,
+                        aborted=True,
+                    )
+            except Exception:  # stored and indexed: the answer stays Success
+                logger.exception("could not audit an instance stored after its association ended")
 
     def _reject(
         self,

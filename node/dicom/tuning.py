@@ -8,12 +8,23 @@ If a pynetdicom release renames what these touch, its defaults stay in force
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import socket
 from typing import Any, cast
 
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket
+
+logger = logging.getLogger(__name__)
+
+#: Largest PDU read into one buffer sized from its header; a longer one
+#: (a peer may send anything when the node sets no limit) is read as
+#: pynetdicom reads it, the buffer growing only as the bytes arrive.
+BULK_READ_MAX = 4 * 1024 * 1024
 
 #: How long an association's DUL thread sleeps when it has nothing to do.
 #: pynetdicom's default (1 ms) adds up to a millisecond twice per C-STORE
@@ -32,6 +43,8 @@ class BulkReadSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (fewer only if the peer closes the connection)."""
+        if nr_bytes > BULK_READ_MAX:
+            return super().recv(nr_bytes)
         connection = cast(socket.socket, self.socket)
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
@@ -55,10 +68,16 @@ class DirectStoreQueue(queue.Queue[tuple[int | None, Any]]):
     thread hand-off, no polling delay. A storage peer waits for each
     response anyway (one outstanding operation, PS3.7 D.3.3.3), so the
     reader has nothing to read meanwhile. Other messages (C-ECHO, C-FIND,
-    C-CANCEL) take pynetdicom's usual path.
+    C-CANCEL), and a C-STORE that pynetdicom would refuse by aborting (a
+    context not accepted, a SOP Class that is not storage), take
+    pynetdicom's usual path: an abort waits for the DUL thread to stop, so
+    it must not start in that thread.
 
     Installed by changing the class of the association's existing queue,
-    so nothing queued before (or while) it is installed can be missed.
+    so nothing queued before (or while) it is installed can be missed. A
+    C-STORE handler served here must not call the association's
+    ``release()``, blocking ``abort()`` or ``send_*()``: they wait on the
+    DUL thread it runs in.
     """
 
     #: The association whose requests this queue serves.
@@ -69,10 +88,33 @@ class DirectStoreQueue(queue.Queue[tuple[int | None, Any]]):
     ) -> None:
         """Serve a C-STORE request now; queue anything else."""
         context_id, primitive = item
-        if context_id is not None and isinstance(primitive, C_STORE) and primitive.is_valid_request:
-            self.association._serve_request(primitive, context_id)
-        else:
+        context = self._storage_context(context_id, primitive)
+        if context is None:
             super().put(item, block, timeout)
+            return
+        assoc = self.association
+        assoc.dimse.cancel_req = {}
+        try:
+            # What Association._serve_request runs for it, less the checks above.
+            StorageServiceClass(assoc).SCP(primitive, context)
+        except Exception:
+            logger.exception("C-STORE service failed; aborting the association")
+            assoc.abort(block=False)
+
+    def _storage_context(self, context_id: int | None, primitive: Any) -> Any:
+        """The accepted presentation context of a valid storage request, else None."""
+        assoc = self.association
+        if context_id is None or not isinstance(primitive, C_STORE):
+            return None
+        if not primitive.is_valid_request or getattr(assoc, "_sent_release", True):
+            return None
+        context = getattr(assoc, "_accepted_cx", {}).get(context_id)
+        sop_class = str(primitive.AffectedSOPClassUID)
+        if context is None or str(context.abstract_syntax) != sop_class:
+            return None
+        if sop_class in assoc.acceptor.accepted_common_extended:
+            return None  # served by another service class (extended negotiation)
+        return context if uid_to_service_class(sop_class) is StorageServiceClass else None
 
 
 def tune_receive(assoc: Any) -> None:
@@ -108,7 +150,8 @@ def _no_delay(assoc: Any) -> None:
     transport = getattr(getattr(assoc, "dul", None), "socket", None)
     connection = getattr(transport, "socket", None)
     if isinstance(connection, socket.socket):
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # closed already: nothing left to send
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def tune_send(assoc: Any) -> None:
