@@ -52,7 +52,11 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def supersede(session: Session, row: Job, now: dt.datetime, reason: str) -> None:
+#: Why a job whose series received more instances while it ran is superseded.
+OUTDATED = "instances arrived while the job ran"
+
+
+def supersede(session: Session, row: Job, now: dt.datetime, reason: str = OUTDATED) -> None:
     """End ``row`` as superseded: its series has a newer generation whose job replaces it."""
     row.state = "superseded"
     row.finished_at = now
@@ -172,7 +176,7 @@ class JobQueue:
             row.lease_expires_at = None
             if retry and _outdated(session, row):
                 # Never claimed again (claims need the current generation).
-                supersede(session, row, now, "instances arrived while the job ran")
+                supersede(session, row, now)
                 return
             if retry and row.attempts < self.settings.max_attempts:
                 delay = min(30.0 * 2 ** (row.attempts - 1), 3600.0)
@@ -229,7 +233,7 @@ class JobQueue:
                 row.lease_owner = None
                 row.lease_expires_at = None
                 if _outdated(session, row):
-                    supersede(session, row, now, "instances arrived while the job ran")
+                    supersede(session, row, now)
                 elif row.attempts >= self.settings.max_attempts:
                     row.state = "failed"
                     row.finished_at = now

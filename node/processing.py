@@ -211,7 +211,7 @@ class Processor:
             if series is None or series.generation != job.generation or series.state != "complete":
                 # Instances arrived while the job ran: its outputs are
                 # incomplete; the next generation's job replaces them.
-                supersede(session, row, now, "instances arrived while the job ran")
+                supersede(session, row, now)
                 return
             output_series = str(outputs[0].SeriesInstanceUID)
             where["output_series_uid"] = output_series

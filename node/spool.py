@@ -75,7 +75,7 @@ def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
     try:
         try:
             os.fchmod(fd, mode)
-            written = os.writev(fd, data) if data else 0
+            written = os.writev(fd, data)
             if written < size:  # a short write: the rest, one call at a time
                 rest = memoryview(b"".join(data))[written:]
                 while rest:
@@ -85,11 +85,10 @@ def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
             os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:  # whatever stops it, no temporary file is left behind
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot write {path.name}: {exc.strerror}") from exc
-    except BaseException:  # interrupted: no temporary file is left behind
-        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot write {path.name}: {exc.strerror}") from exc
         raise
     return size
 

@@ -241,7 +241,6 @@ def load_backend(
     backend: str = "auto",
     device: str = "cpu",
     channels_last: bool = False,
-    threads: int | None = None,
 ) -> Network:
     """Run ``module`` with the fastest backend that agrees with torch.
 
@@ -265,8 +264,6 @@ def load_backend(
         ``cpu`` or ``cuda``.
     channels_last
         Passed to :class:`TorchNetwork`.
-    threads
-        CPU threads; torch's current setting by default.
 
     Returns
     -------
@@ -277,7 +274,7 @@ def load_backend(
     if resolve_backend(backend, device) == "torch":
         return torch_net
     try:
-        ov_net = OpenVINONetwork(_converted(module, probe, key), threads or torch_net.threads)
+        ov_net = OpenVINONetwork(_converted(module, probe, key), torch_net.threads)
         diff = float(np.max(np.abs(ov_net(*probe) - torch_net(*probe))))
     except ImportError as exc:
         logger.warning("OpenVINO is not available (%s); %s runs on torch.", exc, key)

@@ -13,6 +13,7 @@ import socket
 import threading
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import Dataset
@@ -23,13 +24,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from node.dicom.tuning import (
     BULK_READ_MAX,
     DUL_POLL_SECONDS,
     BulkReadSocket,
+    tune,
     tune_receive,
-    tune_send,
 )
 from node.peers import LOOPBACK, free_port, run_tool, start_storescp, wait_until
 from node.samples import CT_128, make_series, write_series
@@ -40,6 +42,18 @@ def _no_delay(assoc: Association) -> int:
     transport = assoc.dul.socket
     assert transport is not None and transport.socket is not None
     return transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def _serve_tuned(ae: AE, handlers: list[Any]) -> tuple[ThreadedAssociationServer, int]:
+    """Start ``ae`` on a free port, every association it accepts tuned for receiving."""
+    port = free_port()
+    server = ae.start_server(
+        (LOOPBACK, port),
+        block=False,
+        evt_handlers=[(evt.EVT_ACCEPTED, lambda event: tune_receive(event.assoc)), *handlers],
+    )
+    assert server is not None
+    return server, port
 
 
 def _socket(connection: socket.socket) -> BulkReadSocket:
@@ -94,17 +108,7 @@ def test_c_store_is_served_in_the_dul_thread_and_c_echo_in_the_association(
     ae = AE(ae_title="TUNED")
     ae.add_supported_context(CTImageStorage)
     ae.add_supported_context(Verification)
-    port = free_port()
-    server = ae.start_server(
-        (LOOPBACK, port),
-        block=False,
-        evt_handlers=[
-            (evt.EVT_ACCEPTED, lambda event: tune_receive(event.assoc)),
-            (evt.EVT_C_STORE, on_store),
-            (evt.EVT_C_ECHO, on_echo),
-        ],
-    )
-    assert server is not None
+    server, port = _serve_tuned(ae, [(evt.EVT_C_STORE, on_store), (evt.EVT_C_ECHO, on_echo)])
     try:
         files = write_series(make_series(CT_128, slices=3), tmp_path / "series")
         sent = run_tool(["storescu", "-aec", "TUNED", LOOPBACK, str(port), *map(str, files)])
@@ -127,7 +131,7 @@ def test_an_association_the_node_requests_sends_without_delay(tmp_path: Path) ->
         assoc = ae.associate(LOOPBACK, peer.port, ae_title="STORESCP")
         assert assoc.is_established
         try:
-            tune_send(assoc)
+            tune(assoc)
             assert _no_delay(assoc)
             assert assoc.dul._run_loop_delay == DUL_POLL_SECONDS
             assert assoc.send_c_echo().Status == 0x0000
@@ -164,17 +168,13 @@ def test_a_c_store_pynetdicom_refuses_aborts_in_the_association_thread(
     aborted: list[threading.Thread] = []
     ae = AE(ae_title="TUNED")
     ae.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
-    port = free_port()
-    server = ae.start_server(
-        (LOOPBACK, port),
-        block=False,
-        evt_handlers=[
-            (evt.EVT_ACCEPTED, lambda event: tune_receive(event.assoc)),
+    server, port = _serve_tuned(
+        ae,
+        [
             (evt.EVT_C_STORE, lambda event: 0x0000),
             (evt.EVT_ABORTED, lambda event: aborted.append(threading.current_thread())),
         ],
     )
-    assert server is not None
     stopped = threading.Event()
     try:
         scu = AE(ae_title="PEER")

@@ -270,8 +270,7 @@ class StorageSCP:
         ident = accepted.identity
         key = (ident.study_uid, ident.series_uid, ident.patient_id)
         with self._lock:  # the association may end (or time out) meanwhile
-            late = log.closed
-            if not late:
+            if not log.closed:
                 new_series = key not in log.received and key not in log.duplicates
                 (log.duplicates if accepted.duplicate else log.received)[key] += 1
                 if new_series:
@@ -281,21 +280,21 @@ class StorageSCP:
                         # Stored and indexed; only a crash before the association
                         # ends would now leave its receipt unaudited.
                         logger.error("cannot journal an association's receipt: %s", exc)
-        if late:
-            # Its end is recorded already: this instance gets a record of its own.
-            try:
-                with self.db.session() as session:
-                    record_receipt(
-                        session,
-                        key,
-                        log.calling_ae,
-                        log.address,
-                        instances=0 if accepted.duplicate else 1,
-                        duplicates=1 if accepted.duplicate else 0,
-                        aborted=True,
-                    )
-            except Exception:  # stored and indexed: the answer stays Success
-                logger.exception("could not audit an instance stored after its association ended")
+                return
+        # Its end is recorded already: this instance gets a record of its own.
+        try:
+            with self.db.session() as session:
+                record_receipt(
+                    session,
+                    key,
+                    log.calling_ae,
+                    log.address,
+                    instances=0 if accepted.duplicate else 1,
+                    duplicates=1 if accepted.duplicate else 0,
+                    aborted=True,
+                )
+        except Exception:  # stored and indexed: the answer stays Success
+            logger.exception("could not audit an instance stored after its association ended")
 
     def _reject(
         self,

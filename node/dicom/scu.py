@@ -12,7 +12,7 @@ from pynetdicom import AE
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.dicom.syntaxes import SEND_TRANSFER_SYNTAXES
-from node.dicom.tuning import tune_send
+from node.dicom.tuning import tune
 from node.errors import DeliveryError
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def send_files(
             "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "unreachable"
         )
         raise DeliveryError(f"association with {ae_title}@{host}:{port} {reason}")
-    tune_send(assoc)
+    tune(assoc)
     results: list[StoreResult] = []
     try:
         for path, _ in files:

@@ -118,26 +118,30 @@ class DirectStoreQueue(queue.Queue[tuple[int | None, Any]]):
 
 
 def tune_receive(assoc: Any) -> None:
-    """Direct C-STORE service, faster polling, bulk reads, no Nagle delay.
+    """:func:`tune`, bulk reads and direct C-STORE service.
 
     For an association the node accepted (call it from ``EVT_ACCEPTED``).
     """
-    _no_delay(assoc)
-    dul = getattr(assoc, "dul", None)
-    if dul is None:
-        return
-    if hasattr(dul, "_run_loop_delay"):
-        dul._run_loop_delay = DUL_POLL_SECONDS
-    if type(getattr(dul, "socket", None)) is AssociationSocket:
-        dul.socket.__class__ = BulkReadSocket
+    tune(assoc)
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    if type(transport) is AssociationSocket:
+        transport.__class__ = BulkReadSocket
     dimse = getattr(assoc, "dimse", None)
     if (
-        hasattr(assoc, "_serve_request")
+        hasattr(assoc, "_accepted_cx")
         and dimse is not None
         and type(getattr(dimse, "msg_queue", None)) is queue.Queue
     ):
         dimse.msg_queue.association = assoc
         dimse.msg_queue.__class__ = DirectStoreQueue
+
+
+def tune(assoc: Any) -> None:
+    """No Nagle delay and faster DUL polling: for every association of the node's."""
+    _no_delay(assoc)
+    dul = getattr(assoc, "dul", None)
+    if dul is not None and hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_POLL_SECONDS
 
 
 def _no_delay(assoc: Any) -> None:
@@ -152,11 +156,3 @@ def _no_delay(assoc: Any) -> None:
     if isinstance(connection, socket.socket):
         with contextlib.suppress(OSError):  # closed already: nothing left to send
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def tune_send(assoc: Any) -> None:
-    """No Nagle delay and faster DUL polling for an association the node requested."""
-    _no_delay(assoc)
-    dul = getattr(assoc, "dul", None)
-    if dul is not None and hasattr(dul, "_run_loop_delay"):
-        dul._run_loop_delay = DUL_POLL_SECONDS

@@ -89,7 +89,7 @@ class ModelDenoiser:
 
 
 def denoise_array(network: Network, hu: FloatArray, sigma_hu: FloatArray) -> FloatArray:
-    """Denoised slices in HU with any backend: :func:`~.network.denoise_tensor` in NumPy.
+    """Denoised slices in HU with any backend: input minus the predicted noise, in float32.
 
     ``hu`` is ``(n, H, W)`` in any size; it is padded by reflection up to a
     multiple of the network's :data:`~.network.MULTIPLE` and cropped back.

@@ -100,26 +100,6 @@ class ResidualDenoiser(nn.Module):
         return nnf.pixel_shuffle(self.dec(feat), 2)
 
 
-def denoise_tensor(net: ResidualDenoiser, hu: torch.Tensor, sigma_hu: torch.Tensor) -> torch.Tensor:
-    """Denoised slices in HU: input minus the predicted noise, in float32.
-
-    ``hu`` is ``(n, H, W)`` in any size; it is padded by reflection up to a
-    multiple of :data:`MULTIPLE` and cropped back.
-    """
-    _, h, w = hu.shape
-    ph = (-h) % MULTIPLE
-    pw = (-w) % MULTIPLE
-    x = hu[:, None].float() / HU_SCALE
-    if ph or pw:
-        x = nnf.pad(x, (0, pw, 0, ph), mode="reflect")
-    # Channels-last (NHWC) lets oneDNN use its fastest CPU convolutions:
-    # about twice the speed of the default layout for this network.
-    x = x.contiguous(memory_format=torch.channels_last)
-    noise = net(x, sigma_hu.float() / SIGMA_SCALE)[:, 0, :h, :w] * RESIDUAL_SCALE
-    denoised: torch.Tensor = hu.float() - noise.float()
-    return denoised
-
-
 def save_weights(net: ResidualDenoiser, path: Path, meta: Mapping[str, Any]) -> None:
     """Write the state dict with the network config and training facts."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ import numpy.typing as npt
 import scipy.fft
 
 from pipelines.base import FloatArray
+from pipelines.mr_accel.kspace import ComplexArray
 
 Kernel = tuple[float, ...]
-ComplexArray = npt.NDArray[np.complex64]
 
 #: ``scipy.ndimage.sobel``'s kernels: the difference and the smoothing across it.
 SOBEL_DIFFERENCE: Kernel = (-1.0, 0.0, 1.0)

@@ -97,23 +97,24 @@ class MRAccelPipeline:
         coverage = self.config.phase_coverage
         partial_fourier = self.config.partial_fourier
 
-        def finish(i: int) -> tuple[SliceQA, FloatArray]:
-            """Data consistency, the QA gate and the scaling back of slice ``i``."""
-            out = restored[i]
+        out = np.empty(voxels.shape, dtype=np.float32)
+
+        def finish(i: int) -> SliceQA:
+            """Data consistency, the QA gate and the scaling back of slice ``i`` into ``out``."""
+            restored_i = restored[i]
             if coverage is not None:
-                out = data_consistency(out, norm[i], coverage, partial_fourier)
+                restored_i = data_consistency(restored_i, norm[i], coverage, partial_fourier)
             # A magnitude image is non-negative.
-            out = np.maximum(out, np.float32(0.0))
-            verdict = gate(norm[i], out)
+            restored_i = np.maximum(restored_i, np.float32(0.0))
+            verdict = gate(norm[i], restored_i)
             if verdict.passed and scales[i] > 0:
-                return verdict, out * scales[i]
-            # Failing slices go out unchanged and flagged.
-            return verdict, voxels[i]
+                out[i] = restored_i * scales[i]
+            else:
+                out[i] = voxels[i]  # failing slices go out unchanged and flagged
+            return verdict
 
         with slice_pool() as pool:
-            finished = list(pool.map(finish, range(voxels.shape[0])))
-        out = np.stack([o for _, o in finished]).astype(np.float32, copy=False)
-        qa = [verdict for verdict, _ in finished]
+            qa = list(pool.map(finish, range(voxels.shape[0])))
         for i, verdict in enumerate(qa):
             if not verdict.passed:
                 logger.warning(
