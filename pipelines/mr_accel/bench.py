@@ -37,7 +37,7 @@ def describe(params: Mapping[str, ParamValue] | None = None) -> dict[str, str]:
     network = pipe.network()
     return {
         "backend": network.name,
-        "device": pipe._device,
+        "device": pipe.device,
         "threads": str(network.threads),
         "batch": str(pipe.config.batch_size),
     }

@@ -145,6 +145,11 @@ class MRAccelPipeline:
             out[start : start + bs] = net(norm[start : start + bs, None])[:, 0]
         return out
 
+    @property
+    def device(self) -> str:
+        """Where the network runs (``"cpu"`` until :meth:`network` has loaded it)."""
+        return self._device
+
     def network(self) -> Network:
         """The network on its backend, loaded on first use."""
         if self._net is None:
