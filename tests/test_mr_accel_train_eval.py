@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.base import sha256_file
+from pipelines.base import WeightsError, sha256_file
 from pipelines.mr_accel import entry
 
 
@@ -37,3 +37,23 @@ def test_evaluate_quick_writes_report_and_metrics(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert "PSNR" in report and "crops_simulated.png" in report
     assert list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_train_fine_tunes_from_pinned_weights_only(tmp_path: Path) -> None:
+    from pipelines.mr_accel.train import parse_args
+
+    train = entry().train
+    assert train is not None
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert train(["--smoke", "--no-progress", "--out", str(first)]) == 0
+    sha = sha256_file(first)
+    # Weights other than the bundled ones are loaded only with their hash.
+    with pytest.raises(SystemExit):
+        parse_args(["--init", str(first)])
+    with pytest.raises(WeightsError):
+        train(["--smoke", "--no-progress", "--init", str(first), "--init-sha256", "0" * 64])
+    args = ["--smoke", "--no-progress", "--init", str(first), "--init-sha256", sha]
+    assert train([*args, "--out", str(second)]) == 0
+    meta = json.loads(second.with_suffix(".json").read_text())
+    assert meta["init"] == "a.pt" and meta["init_sha256"] == sha

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.base import sha256_file
-from pipelines.mr_accel.config import BUNDLED_WEIGHTS, MODEL_VERSION
+from pipelines.mr_accel.config import BUNDLED_WEIGHTS, BUNDLED_WEIGHTS_SHA256, MODEL_VERSION
 from pipelines.mr_accel.dataset import SIMULATION_VERSION, PairSpec, cached_patches
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--seed", type=int, default=20261121, help="seed of everything")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--init", type=Path, help="start from these weights (fine-tuning)")
+    p.add_argument(
+        "--init-sha256", help="pinned SHA-256 of --init (needed unless it is the bundled file)"
+    )
     p.add_argument("--cache-dir", type=Path, default=Path("var/cache/mr_accel"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--smoke", action="store_true", help="tiny run for tests: few small images, few steps"
     )
     args = p.parse_args(list(argv))
+    if args.init is not None and args.init_sha256 is None:
+        if args.init.resolve() != BUNDLED_WEIGHTS:
+            p.error(f"--init {args.init} needs --init-sha256 (the pinned hash of those weights)")
+        args.init_sha256 = BUNDLED_WEIGHTS_SHA256
     if args.smoke:
         args.steps, args.batch, args.patch, args.crop = 3, 2, 64, 48
         args.images, args.per_image = 2, 2
@@ -55,7 +63,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train and write the weights; returns the facts written beside them."""
     import torch
 
-    from pipelines.mr_accel.network import ARCHITECTURE, build_network, save_checkpoint
+    from pipelines.mr_accel.network import (
+        ARCHITECTURE,
+        build_network,
+        load_network,
+        save_checkpoint,
+    )
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -70,6 +83,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("training on %d patches of %d px", len(xs), args.patch)
 
     net = build_network()
+    if args.init is not None:
+        init = load_network(args.init, args.init_sha256)
+        net.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = range(args.steps)
     if not args.no_progress:
@@ -126,6 +142,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "images": args.images,
         "patches": len(xs),
         "lr": args.lr,
+        "init": None if args.init is None else args.init.name,
+        "init_sha256": args.init_sha256,
         "final_l1": float(np.mean(losses[-100:])) if losses else float("nan"),
         "simulation_seconds": round(sim_s, 1),
         "training_seconds": round(train_s, 1),
