@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.mr_accel.anatomy import procedural_anatomy
+from pipelines.mr_accel.anatomy import procedural_anatomy, receive_field
 from pipelines.mr_accel.kspace import (
     acquired_lines,
     central_box,
@@ -15,13 +15,14 @@ from pipelines.mr_accel.kspace import (
     fft2c,
     floor_corrected,
     ifft2c,
+    lowfreq_difference,
     noise_floor_sigma,
     phase_encode_axis,
     rician_excess,
     rician_mean,
 )
 from pipelines.mr_accel.metrics import edge_sites, mean_rise_distance
-from pipelines.mr_accel.simulate import Acceleration, accelerate, line_mask
+from pipelines.mr_accel.simulate import Acceleration, accelerate, fully_averaged, line_mask
 
 
 def test_fft_round_trip_is_orthonormal() -> None:
@@ -117,6 +118,42 @@ def test_simulated_noise_level_matches_fewer_averages() -> None:
     noisy = accelerate(flat, Acceleration(coverage=1.0, noise=0.05), rng)
     # At high SNR the magnitude's noise is the real channel's: complex std / sqrt(2).
     assert 0.03 < float(noisy[32:96, 32:96].std()) < 0.04
+
+
+def test_fully_averaged_reference_has_rician_thermal_noise() -> None:
+    rng = np.random.default_rng(6)
+    image = np.zeros((128, 128), np.float32)
+    image[32:96, 32:96] = 1.0
+    ref = fully_averaged(image, 0.02, rng)
+    sigma = 0.02 / np.sqrt(2.0)  # per channel
+    # Bright tissue: unbiased, noise of one channel; background: a Rayleigh floor.
+    assert abs(float(ref[40:88, 40:88].mean()) - 1.0) < 2e-3
+    assert np.isclose(float(ref[40:88, 40:88].std()), sigma, rtol=0.1)
+    assert np.isclose(float(ref[:24].mean()), sigma * np.sqrt(np.pi / 2), rtol=0.05)
+    np.testing.assert_array_equal(fully_averaged(image, 0.0, rng), image)
+
+
+def test_surface_coil_field_leaves_dim_tissue_far_from_the_coil() -> None:
+    fields = [receive_field(np.random.default_rng(seed), (96, 128)) for seed in range(40)]
+    spreads = [float(f.max() / f.min()) for f in fields]
+    # Half are gentle gradients (at most 1.25 / 0.75); the rest fall to 5-30 %.
+    assert sum(s < 2.0 for s in spreads) >= 10
+    assert sum(s > 3.0 for s in spreads) >= 10
+    assert all(f.min() > 0.03 for f in fields)
+
+
+def test_lowfreq_difference_allows_keeping_or_removing_the_noise_floor() -> None:
+    rng = np.random.default_rng(8)
+    image = (procedural_anatomy(rng, (96, 96)) + 0.05).astype(np.float32)
+    floor = np.full_like(image, 0.04)
+    frac = 1.0 / 8.0
+    for t in (0.0, 0.4, 1.0):
+        kept = (image - t * floor).astype(np.float32)
+        assert lowfreq_difference(kept, image, frac, floor) < 1e-6
+    # Without the allowance the floor's removal counts, and adding one never passes.
+    assert lowfreq_difference(image - floor, image, frac) > 0.02
+    assert lowfreq_difference(image + floor, image, frac, floor) > 0.02
+    assert lowfreq_difference(image * np.float32(1.2), image, frac, floor) > 0.1
 
 
 def test_central_kspace_is_the_box_of_the_full_transform() -> None:

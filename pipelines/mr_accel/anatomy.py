@@ -26,9 +26,10 @@ def spin_echo_signal(
 
 
 def random_shape(rng: np.random.Generator) -> tuple[int, int]:
-    """A matrix between 256 and 512 per side, square or not."""
-    rows = int(rng.integers(256, 513) // 8 * 8)
-    cols = rows if rng.random() < 0.5 else int(rng.integers(256, 513) // 8 * 8)
+    """A matrix of 256-512 per side (one in five 128-256), square or not."""
+    low = 128 if rng.random() < 0.2 else 256
+    rows = int(rng.integers(low, 2 * low + 1) // 8 * 8)
+    cols = rows if rng.random() < 0.5 else int(rng.integers(low, 2 * low + 1) // 8 * 8)
     return rows, cols
 
 
@@ -82,7 +83,7 @@ def procedural_anatomy(rng: np.random.Generator, shape: tuple[int, int]) -> Floa
     img[inner] = levels[labels[inner]]
     img[body & ~inner & ~rim] = rng.uniform(0.1, 0.6)
     img[rim] = rng.uniform(0.4, 1.0)
-    img *= _texture(rng, shape, amount=float(rng.uniform(0.0, 0.12)))
+    img *= _texture(rng, shape, amount=float(rng.uniform(0.0, 0.2)))
     img = _add_small_structures(rng, img, inner)
     return _finish(rng, img)
 
@@ -140,11 +141,32 @@ def _add_small_structures(
 
 
 def _finish(rng: np.random.Generator, img: np.ndarray) -> FloatArray:
-    """Band-limit slightly, apply a smooth receive-coil field, scale to about 1."""
+    """Band-limit slightly, apply a receive-coil field, scale to about 1."""
     img = ndimage.gaussian_filter(img, rng.uniform(0.4, 0.8))
-    rows, cols = img.shape
-    yy, xx = np.mgrid[0:rows, 0:cols] / max(rows, cols)
-    field = 1.0 + rng.uniform(-0.25, 0.25) * (yy - 0.5) + rng.uniform(-0.25, 0.25) * (xx - 0.5)
-    img = img * field
+    img = img * receive_field(rng, img.shape)
     peak = float(np.percentile(img, 99.5))
     return np.asarray(img / peak if peak > 0 else img, dtype=np.float32)
+
+
+def receive_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Receive-coil sensitivity: a gentle gradient, or (half the time) a surface coil.
+
+    A surface coil's sensitivity falls with distance from the coil, so tissue
+    far from it is dim and, at the same thermal noise, has a low SNR: detail
+    there is barely above the noise, which a restoration must keep, not wipe.
+    """
+    rows, cols = shape[0], shape[1]
+    yy, xx = np.mgrid[0:rows, 0:cols] / max(rows, cols)
+    field = 1.0 + rng.uniform(-0.25, 0.25) * (yy - 0.5) + rng.uniform(-0.25, 0.25) * (xx - 0.5)
+    if rng.random() < 0.5:
+        # The coil sits just outside one side of the field of view.
+        along = rng.uniform(0.2, 0.8)
+        side = int(rng.integers(4))
+        h, w = rows / max(rows, cols), cols / max(rows, cols)
+        cy, cx = [(-0.1, along * w), (h + 0.1, along * w), (along * h, -0.1), (along * h, w + 0.1)][
+            side
+        ]
+        floor = rng.uniform(0.05, 0.3)
+        falloff = np.exp(-np.hypot(yy - cy, xx - cx) / rng.uniform(0.25, 0.7))
+        field = field * (floor + (1.0 - floor) * falloff / falloff.max())
+    return np.asarray(field)

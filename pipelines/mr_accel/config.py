@@ -10,9 +10,9 @@ from pipelines.backend import BACKENDS
 from pipelines.base import ParamValue, PipelineError, unknown_option_message
 
 #: Weights shipped with the package, pinned by SHA-256 below.
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mr_accel_v1.pt"
-BUNDLED_WEIGHTS_SHA256 = "82a02a9de6977c8d05b5634361fb981ec5f342018085dd01d33c8dd8d3741a62"
-MODEL_VERSION = "1.0.0"
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "mr_accel_v2.pt"
+BUNDLED_WEIGHTS_SHA256 = "8f2e4ae498b263d44b499285e0e574cd96b48cc7637fc1bbbee856866659fb69"
+MODEL_VERSION = "2.0.0"
 
 METHODS = ("model", "classical")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,12 +13,18 @@ import numpy as np
 from pipelines.base import FloatArray
 from pipelines.mr_accel.anatomy import training_image
 from pipelines.mr_accel.qa import robust_scale
-from pipelines.mr_accel.simulate import Acceleration, accelerate, random_acceleration
+from pipelines.mr_accel.simulate import (
+    Acceleration,
+    accelerate,
+    fully_averaged,
+    random_acceleration,
+    random_reference_noise,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the simulation changes, so stale caches are not reused.
-SIMULATION_VERSION = 1
+SIMULATION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,16 @@ class PairSpec:
 
 
 def normalised_pair(
-    clean: FloatArray, acc: Acceleration, rng: np.random.Generator
+    reference: FloatArray, acc: Acceleration, rng: np.random.Generator
 ) -> tuple[FloatArray, FloatArray]:
-    """Simulate ``acc`` on ``clean``; divide both by the accelerated image's scale.
+    """Simulate ``acc`` on ``reference``; divide both by the accelerated image's scale.
 
     The scale is the one the pipeline computes at inference (the 99.5th
     percentile of the input slice), so the network learns in the same units.
     """
-    degraded = accelerate(clean, acc, rng)
+    degraded = accelerate(reference, acc, rng)
     scale = robust_scale(degraded) or 1.0
-    return degraded / scale, (clean / scale).astype(np.float32)
+    return degraded / scale, (reference / scale).astype(np.float32)
 
 
 def make_patches(spec: PairSpec, progress: bool = False) -> tuple[FloatArray, FloatArray]:
@@ -64,8 +70,9 @@ def make_patches(spec: PairSpec, progress: bool = False) -> tuple[FloatArray, Fl
         iterator = tqdm(iterator, desc="simulating", unit="image")
     for _ in iterator:
         clean = training_image(rng, spec.shape)
+        reference = fully_averaged(clean, random_reference_noise(rng), rng)
         acc = random_acceleration(rng)
-        x, y = normalised_pair(clean, acc, rng)
+        x, y = normalised_pair(reference, acc, rng)
         rows, cols = x.shape
         p = min(spec.patch, rows, cols)
         taken = 0

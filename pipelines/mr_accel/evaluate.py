@@ -26,7 +26,13 @@ from pipelines.mr_accel.metrics import (
     roi_snr,
 )
 from pipelines.mr_accel.qa import robust_scale
-from pipelines.mr_accel.simulate import EVAL_ACCELERATION, Acceleration, accelerate
+from pipelines.mr_accel.simulate import (
+    EVAL_ACCELERATION,
+    EVAL_REFERENCE_NOISE,
+    Acceleration,
+    accelerate,
+    fully_averaged,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +75,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def simulated_cases(n: int, shape: tuple[int, int] | None) -> list[Case]:
-    """Held-out simulated images at the headline acceleration, PE axis alternating."""
+    """Held-out simulated references (with their own noise) at the headline acceleration."""
     rng = np.random.default_rng(EVAL_SEED)
     cases = []
     for i in range(n):
-        clean = training_image(rng, shape)
+        reference = fully_averaged(training_image(rng, shape), EVAL_REFERENCE_NOISE, rng)
         acc = replace(EVAL_ACCELERATION, pe_axis=-2 if i % 2 == 0 else -1)
-        cases.append(Case(f"sim-{i:02d}", "simulated", clean, accelerate(clean, acc, rng), acc))
+        cases.append(
+            Case(f"sim-{i:02d}", "simulated", reference, accelerate(reference, acc, rng), acc)
+        )
     return cases
 
 
@@ -225,6 +233,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "phase_coverage": EVAL_ACCELERATION.coverage,
             "noise_rel": EVAL_ACCELERATION.noise,
             "partial_fourier": EVAL_ACCELERATION.partial_fourier,
+            "reference_noise_rel": EVAL_REFERENCE_NOISE,
         },
         "quick": bool(args.quick),
         "weights_sha256": args.weights_sha256,

@@ -271,9 +271,23 @@ def data_consistency(
     return result.reshape(output.shape)
 
 
-def lowfreq_difference(output: FloatArray, reference: FloatArray, fraction: float) -> float:
-    """Relative norm of the difference of two images' central k-space boxes."""
+def lowfreq_difference(
+    output: FloatArray, reference: FloatArray, fraction: float, floor: FloatArray | None = None
+) -> float:
+    """Relative norm of the difference of two images' central k-space boxes.
+
+    With ``floor`` (the noise floor the magnitude added to ``reference``), the
+    output is compared with ``reference - t * floor`` for the best ``t`` in
+    [0, 1]: a restoration may keep the floor (an unchanged slice does), remove
+    it, or anything in between, but may not move anything else.
+    """
     k_ref = central_kspace(reference, fraction)
     k_diff = central_kspace(np.asarray(output - reference, dtype=np.float32), fraction)
+    if floor is not None:
+        k_floor = central_kspace(floor, fraction)
+        energy = float(np.vdot(k_floor, k_floor).real)
+        if energy > 0:
+            t = float(np.clip(-np.vdot(k_floor, k_diff).real / energy, 0.0, 1.0))
+            k_diff = k_diff + np.complex64(t) * k_floor
     denom = float(np.linalg.norm(k_ref))
     return float(np.linalg.norm(k_diff)) / denom if denom > 0 else 0.0

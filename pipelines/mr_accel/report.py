@@ -38,9 +38,11 @@ def write_report(
         f"Scenario: {100 * sc['phase_coverage']:.0f} % centred phase-encode coverage "
         f"(zero-filled), fewer averages (complex noise {100 * sc['noise_rel']:.0f} % of the "
         "99.5th-percentile signal), smooth synthetic phase; magnitude images.",
-        "Simulated images are held out (own seed, never trained on); real images are "
-        "pydicom / pydicom-data MR test slices, each taken as the fully sampled reference "
-        "and accelerated by the same simulation. Nothing here was used for training or tuning.",
+        "Simulated images are held out (own seed, never trained on); their fully sampled "
+        f"reference carries its own thermal noise ({100 * sc['reference_noise_rel']:.0f} %, "
+        "as a real fully averaged image does). Real images are pydicom / pydicom-data MR "
+        "test slices, each taken as the fully sampled reference and accelerated by the same "
+        "simulation. Nothing here was used for training or tuning.",
         "",
         f"Weights SHA-256: `{metrics['weights_sha256']}`"
         + ("  (quick run: tiny sample, not representative)" if metrics["quick"] else ""),
