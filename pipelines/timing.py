@@ -38,3 +38,41 @@ def ms_per_slice(
         times.append(1000.0 * wall / n_slices)
         shares.append((time.process_time() - cpu0) / (wall * threads))
     return statistics.median(times), statistics.median(shares)
+
+
+def paired_ms_per_slice(
+    model: Callable[[], object],
+    pipeline: Callable[[], object],
+    n_slices: int,
+    rounds: int,
+    threads: int,
+) -> dict[str, float]:
+    """Time the network and the whole pipeline in alternating rounds.
+
+    On a shared machine the speed drifts within minutes, so a ratio of two
+    timings taken one after the other says more about the drift than about
+    the pipeline. Each round times ``model()`` and then ``pipeline()`` (both
+    processing ``n_slices`` slices, already warmed up); the ratio is the
+    median of the rounds' ratios.
+
+    Returns
+    -------
+    dict
+        ``model_ms`` and ``pipeline_ms`` (medians, per slice),
+        ``pipeline_over_model`` (median of per-round ratios) and
+        ``cpu_share_during_model`` (see :func:`ms_per_slice`).
+    """
+    model_ms, pipeline_ms, ratios, shares = [], [], [], []
+    for _ in range(rounds):
+        m, share = ms_per_slice(model, n_slices, 1, threads)
+        p, _ = ms_per_slice(pipeline, n_slices, 1, threads)
+        model_ms.append(m)
+        pipeline_ms.append(p)
+        ratios.append(p / m)
+        shares.append(share)
+    return {
+        "model_ms": statistics.median(model_ms),
+        "pipeline_ms": statistics.median(pipeline_ms),
+        "pipeline_over_model": statistics.median(ratios),
+        "cpu_share_during_model": statistics.median(shares),
+    }

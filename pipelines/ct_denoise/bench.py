@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.base import FloatArray, ParamValue, Volume
-from pipelines.timing import ms_per_slice
+from pipelines.timing import ms_per_slice, paired_ms_per_slice
 
 if TYPE_CHECKING:
     from pipelines.backend import Network
@@ -61,8 +61,8 @@ def describe(params: Mapping[str, ParamValue] | None = None) -> dict[str, str]:
     }
 
 
-def _time_network(network: Network, stack: FloatArray, repeats: int) -> tuple[float, float]:
-    """Milliseconds per slice of the network alone, and the CPU share it got (medians)."""
+def _network_run(network: Network, stack: FloatArray) -> Callable[[], None]:
+    """A warmed-up call that runs ``stack`` through the network alone, batch by batch."""
     from pipelines.ct_denoise.inference import denoise_array
 
     sigma = np.full(BATCH, 25.0, dtype=np.float32)
@@ -73,10 +73,10 @@ def _time_network(network: Network, stack: FloatArray, repeats: int) -> tuple[fl
             batch = stack[start : start + BATCH]
             denoise_array(network, batch, sigma[: batch.shape[0]])
 
-    return ms_per_slice(run, stack.shape[0], repeats, THREADS)
+    return run
 
 
-def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str, float]:
+def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 5) -> dict[str, float]:
     """Milliseconds per slice for the model alone and the whole pipeline run.
 
     Parameters
@@ -86,7 +86,8 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
     size
         Slice edge in pixels.
     repeats
-        Timed runs of each measurement; the median is reported.
+        Rounds; each times the network and then the whole pipeline (see
+        :func:`pipelines.timing.paired_ms_per_slice`); medians are reported.
 
     Returns
     -------
@@ -95,10 +96,10 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
         (network forward only, on the pipeline's backend, and on torch
         eager for comparison when that is another), ``pipeline_ms_per_slice``
         (Volume in, noise estimate, batched inference, QA gate, Result out),
-        ``pipeline_over_model`` (over the pipeline's own backend),
-        ``classical_ms_per_slice`` (the NLM method through the same pipeline)
-        and ``cpu_share_during_model`` (CPU time over wall time x threads:
-        1.0 on an otherwise idle machine).
+        ``pipeline_over_model`` (median of the rounds' ratios, over the
+        pipeline's own backend), ``classical_ms_per_slice`` (the NLM method
+        through the same pipeline) and ``cpu_share_during_model`` (CPU time
+        over wall time x threads: 1.0 on an otherwise idle machine).
     """
     import torch
 
@@ -108,27 +109,28 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
     stack = _phantom_stack(n_slices, size)
     volume = Volume(stack, "CT", "HU", (0.7, 0.7))
     pipe, network = _model()
-    model_ms, cpu_share = _time_network(network, stack, repeats)
-    timings = {f"model_ms_per_slice_{network.kind}_cpu_{THREADS}threads_batch{BATCH}": model_ms}
+    model_run = _network_run(network, stack)
     pipe.run(volume.with_voxels(stack[:BATCH].copy()))  # warm-up
-    pipeline_ms, _ = ms_per_slice(lambda: pipe.run(volume), n_slices, repeats, THREADS)
+    paired = paired_ms_per_slice(model_run, lambda: pipe.run(volume), n_slices, repeats, THREADS)
+    key = f"model_ms_per_slice_{{}}_cpu_{THREADS}threads_batch{BATCH}"
+    timings = {key.format(network.kind): paired["model_ms"]}
     if network.kind != "torch":
         # Last, so that torch's idle worker threads do not share the cores with
         # the timings above.
         _, reference = _model({"backend": "torch"})
-        torch_ms, _ = _time_network(reference, stack, repeats)
-        timings[f"model_ms_per_slice_torch_cpu_{THREADS}threads_batch{BATCH}"] = torch_ms
+        torch_run = _network_run(reference, stack)
+        timings[key.format("torch")], _ = ms_per_slice(torch_run, n_slices, repeats, THREADS)
     classical = build_pipeline({"method": "classical"})
     n_classical = min(n_slices, 4)
     few = volume.with_voxels(stack[:n_classical].copy())
     classical_ms, _ = ms_per_slice(lambda: classical.run(few), n_classical, 1, THREADS)
     return {
         **timings,
-        "pipeline_ms_per_slice": pipeline_ms,
-        "pipeline_over_model": pipeline_ms / model_ms,
+        "pipeline_ms_per_slice": paired["pipeline_ms"],
+        "pipeline_over_model": paired["pipeline_over_model"],
         "classical_ms_per_slice": classical_ms,
         "slice_size": float(size),
-        "cpu_share_during_model": cpu_share,
+        "cpu_share_during_model": paired["cpu_share_during_model"],
     }
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from pipelines.base import FloatArray, ParamValue, Volume
 from pipelines.mr_accel.pipeline import MRAccelPipeline
-from pipelines.timing import ms_per_slice
+from pipelines.timing import ms_per_slice, paired_ms_per_slice
 
 #: CPU threads the benchmark pins, torch's and OpenVINO's (the target machine
 #: has two CPU cores).
@@ -53,14 +53,14 @@ def _series(n_slices: int, size: int) -> FloatArray:
     return np.repeat(accelerated[None], n_slices, axis=0).astype(np.float32)
 
 
-def _time_network(pipe: MRAccelPipeline, norm: FloatArray, repeats: int) -> tuple[float, float]:
-    """Milliseconds per slice of the network alone, and the CPU share it got (medians)."""
+def _network_run(pipe: MRAccelPipeline, norm: FloatArray) -> Callable[[], object]:
+    """A warmed-up call that runs the normalised slices through the network alone."""
     # Load the weights and let the kernels be built for this batch shape.
     pipe.restore_normalised(norm[: pipe.config.batch_size])
-    return ms_per_slice(lambda: pipe.restore_normalised(norm), norm.shape[0], repeats, THREADS)
+    return lambda: pipe.restore_normalised(norm)
 
 
-def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str, float]:
+def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 5) -> dict[str, float]:
     """Time mr-accel on a simulated ``n_slices`` x ``size`` x ``size`` series.
 
     Parameters
@@ -68,7 +68,8 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
     n_slices, size
         Series shape; the acceleration is the evaluation's (50 % coverage).
     repeats
-        Timed runs of each measurement; the median is reported.
+        Rounds; each times the network and then the whole pipeline (see
+        :func:`pipelines.timing.paired_ms_per_slice`); medians are reported.
 
     Returns
     -------
@@ -77,9 +78,10 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
         (network inference only, on the pipeline's backend, and on torch
         eager for comparison when that is another), ``pipeline_ms_per_slice``
         (normalisation, network, data consistency, QA gate and scaling back),
-        ``pipeline_over_model`` (over the pipeline's own backend),
-        ``cpu_share_during_model`` (CPU time over wall time x threads: 1.0 on
-        an otherwise idle machine), ``threads``, ``batch`` and ``slices``.
+        ``pipeline_over_model`` (median of the rounds' ratios, over the
+        pipeline's own backend), ``cpu_share_during_model`` (CPU time over
+        wall time x threads: 1.0 on an otherwise idle machine), ``threads``,
+        ``batch`` and ``slices``.
     """
     import torch
 
@@ -91,20 +93,21 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 3) -> dict[str
     norm = (voxels / slice_scales(voxels)[:, None, None]).astype(np.float32)
     pipe = _pipeline({})
     kind, batch = pipe.network().kind, pipe.config.batch_size
-    model_ms, cpu_share = _time_network(pipe, norm, repeats)
-    timings = {f"model_ms_per_slice_{kind}_cpu_{THREADS}threads_batch{batch}": model_ms}
+    model_run = _network_run(pipe, norm)
     pipe.run(volume.with_voxels(voxels[:batch].copy()))  # warm-up
-    pipeline_ms, _ = ms_per_slice(lambda: pipe.run(volume), n_slices, repeats, THREADS)
+    paired = paired_ms_per_slice(model_run, lambda: pipe.run(volume), n_slices, repeats, THREADS)
+    key = f"model_ms_per_slice_{{}}_cpu_{THREADS}threads_batch{batch}"
+    timings = {key.format(kind): paired["model_ms"]}
     if kind != "torch":
         # Last, so that torch's idle worker threads do not share the cores with
         # the timings above.
-        torch_ms, _ = _time_network(_pipeline({"backend": "torch"}), norm, repeats)
-        timings[f"model_ms_per_slice_torch_cpu_{THREADS}threads_batch{batch}"] = torch_ms
+        torch_run = _network_run(_pipeline({"backend": "torch"}), norm)
+        timings[key.format("torch")], _ = ms_per_slice(torch_run, n_slices, repeats, THREADS)
     return {
         **timings,
-        "pipeline_ms_per_slice": pipeline_ms,
-        "pipeline_over_model": pipeline_ms / model_ms,
-        "cpu_share_during_model": cpu_share,
+        "pipeline_ms_per_slice": paired["pipeline_ms"],
+        "pipeline_over_model": paired["pipeline_over_model"],
+        "cpu_share_during_model": paired["cpu_share_during_model"],
         "threads": float(THREADS),
         "batch": float(batch),
         "slices": float(n_slices),
