@@ -144,16 +144,25 @@ def test_surface_coil_field_leaves_dim_tissue_far_from_the_coil() -> None:
 
 def test_lowfreq_difference_allows_keeping_or_removing_the_noise_floor() -> None:
     rng = np.random.default_rng(8)
-    image = (procedural_anatomy(rng, (96, 96)) + 0.05).astype(np.float32)
-    floor = np.full_like(image, 0.04)
-    frac = 1.0 / 8.0
+    clean = procedural_anatomy(rng, (128, 128))
+    measured = accelerate(clean, Acceleration(coverage=1.0, noise=0.06), rng)
+    # The floor the magnitude added, as the gate computes it from a restoration.
+    floor = (measured - floor_corrected(measured, clean)).astype(np.float32)
+    assert float(floor.max()) > 0.01
+    frac = 1.0 / 16.0
     for t in (0.0, 0.4, 1.0):
-        kept = (image - t * floor).astype(np.float32)
-        assert lowfreq_difference(kept, image, frac, floor) < 1e-6
-    # Without the allowance the floor's removal counts, and adding one never passes.
-    assert lowfreq_difference(image - floor, image, frac) > 0.02
-    assert lowfreq_difference(image + floor, image, frac, floor) > 0.02
-    assert lowfreq_difference(image * np.float32(1.2), image, frac, floor) > 0.1
+        kept = (measured - t * floor).astype(np.float32)
+        assert lowfreq_difference(kept, measured, frac, floor) < 1e-6
+    # Never stricter than either end alone; without the allowance removal counts.
+    out = (clean * np.float32(1.01)).astype(np.float32)
+    allowed = lowfreq_difference(out, measured, frac, floor)
+    removed = (measured - floor).astype(np.float32)
+    assert allowed <= lowfreq_difference(out, measured, frac) + 1e-6
+    assert allowed <= lowfreq_difference(out, removed, frac) + 1e-6
+    assert lowfreq_difference(removed, measured, frac) > 0.01
+    # A 5 % change of contrast or a doubled floor is not the floor's removal.
+    for changed in (measured * np.float32(0.95), measured * np.float32(1.05), measured + floor):
+        assert lowfreq_difference(changed.astype(np.float32), measured, frac, floor) > 0.03
 
 
 def test_central_kspace_is_the_box_of_the_full_transform() -> None:

@@ -63,9 +63,10 @@ def test_gate_catches_an_injected_fake_structure() -> None:
 
 def test_gate_catches_a_contrast_change() -> None:
     _, fast = _fast_image()
-    verdict = gate(fast, fast * np.float32(1.2))
-    assert not verdict.passed
-    assert any("low-frequency" in r for r in verdict.reasons)
+    for gain in (1.2, 0.95, 1.05):
+        verdict = gate(fast, fast * np.float32(gain))
+        assert not verdict.passed, gain
+        assert any("low-frequency" in r for r in verdict.reasons)
 
 
 def test_failing_slice_passes_through_unchanged_and_flagged(
@@ -123,3 +124,14 @@ def test_robust_scale_is_the_percentile() -> None:
     sparse = np.zeros((512, 512), dtype=np.float32)
     sparse[::97, 5::101] = 1.0 + np.arange(36, dtype=np.float32).reshape(6, 6)
     assert robust_scale(sparse, 99.99) == pytest.approx(float(np.percentile(sparse, 99.99)))
+
+
+def test_gate_check_reports_metrics_and_catch_rate() -> None:
+    from pipelines.mr_accel.gate_check import check
+
+    report = check(seed=3, images=2)
+    assert 2 <= report["restorations"] <= 4
+    assert report["discs_injected"] == report["restorations"]
+    assert 0 <= report["discs_caught"] <= report["discs_injected"]
+    assert set(report["max"]) == {"lowfreq_diff", "bias_max", "structure_max"}
+    assert report["flagged"] == 0  # restorations pass with the shipped model

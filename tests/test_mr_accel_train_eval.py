@@ -41,6 +41,10 @@ def test_evaluate_quick_writes_report_and_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_fine_tunes_from_pinned_weights_only(tmp_path: Path) -> None:
+    import torch
+
+    from pipelines.mr_accel.config import BUNDLED_WEIGHTS
+    from pipelines.mr_accel.network import build_network, load_network
     from pipelines.mr_accel.train import parse_args
 
     train = entry().train
@@ -53,7 +57,22 @@ def test_train_fine_tunes_from_pinned_weights_only(tmp_path: Path) -> None:
         parse_args(["--init", str(first)])
     with pytest.raises(WeightsError):
         train(["--smoke", "--no-progress", "--init", str(first), "--init-sha256", "0" * 64])
+    with pytest.raises(SystemExit):
+        parse_args(["--init-sha256", sha])
+    # Never over the weights it starts from, nor over the bundled ones.
+    for out in (first, BUNDLED_WEIGHTS):
+        with pytest.raises(SystemExit):
+            parse_args(["--init", str(first), "--init-sha256", sha, "--out", str(out)])
     args = ["--smoke", "--no-progress", "--init", str(first), "--init-sha256", sha]
     assert train([*args, "--out", str(second)]) == 0
     meta = json.loads(second.with_suffix(".json").read_text())
     assert meta["init"] == "a.pt" and meta["init_sha256"] == sha
+    # Three small steps from the first weights stay near them, far from a fresh start.
+    start, tuned = load_network(first, sha), load_network(second, meta["sha256"])
+    fresh = build_network()
+
+    def distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+        pairs = zip(a.parameters(), b.parameters(), strict=True)
+        return sum(float((x - y).abs().sum()) for x, y in pairs)
+
+    assert distance(start, tuned) < 0.1 * distance(fresh, tuned)

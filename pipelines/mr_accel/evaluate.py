@@ -124,11 +124,15 @@ def real_cases(files: Sequence[str]) -> list[Case]:
     return cases
 
 
-def run_methods(case: Case, pipeline: Callable[[float | None], Pipeline]) -> dict[str, FloatArray]:
-    """Every method's output for ``case``, in the input's units.
+def run_methods(
+    case: Case, pipeline: Callable[[float | None], Pipeline]
+) -> tuple[dict[str, FloatArray], dict[str, bool]]:
+    """Every method's output for ``case``, in the input's units, and the QA verdicts.
 
     ``pipeline(coverage)`` is mr-accel with data consistency at that phase
     coverage, or without it for ``None`` (built once per coverage by the caller).
+    A slice the gate fails is the input itself (as the node would send it);
+    the second mapping says, per mr-accel method, whether the gate passed it.
     """
     x = case.accelerated
     scale = robust_scale(x) or 1.0
@@ -138,12 +142,14 @@ def run_methods(case: Case, pipeline: Callable[[float | None], Pipeline]) -> dic
         cs_l1_wavelet(x / scale, case.acceleration.coverage, case.acceleration.pe_axis) * scale
     )
     vol = Volume(voxels=x[None].astype(np.float32), modality="MR", unit="arbitrary")
-    result = pipeline(case.acceleration.coverage).run(vol)
-    outputs["mr-accel"] = result.volume.voxels[0]
-    outputs["mr-accel-no-dc"] = pipeline(None).run(vol).volume.voxels[0]
-    if result.flagged_slices:
-        logger.warning("%s: QA gate flagged the mr-accel output", case.name)
-    return outputs
+    passed = {}
+    for method, coverage in (("mr-accel", case.acceleration.coverage), ("mr-accel-no-dc", None)):
+        result = pipeline(coverage).run(vol)
+        outputs[method] = result.volume.voxels[0]
+        passed[method] = not result.flagged_slices
+        if result.flagged_slices:
+            logger.warning("%s: QA gate flagged the %s output", case.name, method)
+    return outputs, passed
 
 
 def score(case: Case, outputs: dict[str, FloatArray]) -> dict[str, dict[str, float]]:
@@ -217,8 +223,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     per_case: dict[str, dict[str, dict[str, float]]] = {}
     examples: dict[str, tuple[Case, dict[str, FloatArray]]] = {}
     for case in cases:
-        outputs = run_methods(case, pipeline)
+        outputs, passed = run_methods(case, pipeline)
         per_case[case.name] = score(case, outputs)
+        for method, ok in passed.items():
+            per_case[case.name][method]["qa_passed"] = float(ok)
         if case.dataset not in examples or case.name.startswith("MR-SIEMENS"):
             examples[case.dataset] = (case, outputs)
         logger.info(

@@ -279,7 +279,8 @@ def lowfreq_difference(
     With ``floor`` (the noise floor the magnitude added to ``reference``), the
     output is compared with ``reference - t * floor`` for the best ``t`` in
     [0, 1]: a restoration may keep the floor (an unchanged slice does), remove
-    it, or anything in between, but may not move anything else.
+    it, or anything in between; the difference left over is relative to the
+    floor-free reference. Nothing but the floor's own pattern is excused.
     """
     k_ref = central_kspace(reference, fraction)
     k_diff = central_kspace(np.asarray(output - reference, dtype=np.float32), fraction)
@@ -289,5 +290,6 @@ def lowfreq_difference(
         if energy > 0:
             t = float(np.clip(-np.vdot(k_floor, k_diff).real / energy, 0.0, 1.0))
             k_diff = k_diff + np.complex64(t) * k_floor
+        k_ref = k_ref - k_floor
     denom = float(np.linalg.norm(k_ref))
     return float(np.linalg.norm(k_diff)) / denom if denom > 0 else 0.0

@@ -22,7 +22,12 @@ logger = logging.getLogger(__name__)
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Command-line options of ``radnode train mr-accel``."""
     p = argparse.ArgumentParser(prog="radnode train mr-accel", description=__doc__)
-    p.add_argument("--out", type=Path, default=BUNDLED_WEIGHTS, help="weights file to write")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/train/mr_accel.pt"),
+        help="weights file to write (never the bundled, hash-pinned one)",
+    )
     p.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     p.add_argument("--batch", type=int, default=12, help="patches per step")
     p.add_argument("--patch", type=int, default=128, help="cached patch side in pixels")
@@ -49,6 +54,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--smoke", action="store_true", help="tiny run for tests: few small images, few steps"
     )
     args = p.parse_args(list(argv))
+    if args.out.resolve() == BUNDLED_WEIGHTS or (
+        args.init is not None and args.out.resolve() == args.init.resolve()
+    ):
+        p.error(f"--out {args.out} would overwrite pinned weights; write elsewhere")
+    if args.init is None and args.init_sha256 is not None:
+        p.error("--init-sha256 is the hash of --init weights; give --init too")
     if args.init is not None and args.init_sha256 is None:
         if args.init.resolve() != BUNDLED_WEIGHTS:
             p.error(f"--init {args.init} needs --init-sha256 (the pinned hash of those weights)")
