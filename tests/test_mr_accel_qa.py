@@ -133,5 +133,36 @@ def test_gate_check_reports_metrics_and_catch_rate() -> None:
     assert 2 <= report["restorations"] <= 4
     assert report["discs_injected"] == report["restorations"]
     assert 0 <= report["discs_caught"] <= report["discs_injected"]
-    assert set(report["max"]) == {"lowfreq_diff", "bias_max", "structure_max"}
+    assert set(report["max"]) == {"lowfreq_diff", "bias_max", "structure_max", "detail_ratio"}
     assert report["flagged"] == 0  # restorations pass with the shipped model
+
+
+def test_gate_catches_fake_structure_in_textured_tissue() -> None:
+    from pipelines.mr_accel.gate_check import _with_disc
+
+    rng = np.random.default_rng(0)
+    only_by_detail = 0
+    for seed in range(12):
+        _, fast = _fast_image(seed)
+        fake = _with_disc(fast, rng)  # at a random tissue site, edges or not
+        assert fake is not None
+        verdict = gate(fast, fake)
+        assert not verdict.passed, seed
+        if len(verdict.reasons) == 1 and "local detail" in verdict.reasons[0]:
+            only_by_detail += 1
+    # Near edges the flat-region structure check cannot see a disc; the
+    # residual-over-local-detail check does.
+    assert only_by_detail >= 3
+
+
+def test_local_max_matches_scipy_ndimage() -> None:
+    from scipy import ndimage
+
+    from pipelines.mr_accel.qa import local_max
+
+    rng = np.random.default_rng(12)
+    for shape in ((64, 48), (7, 30), (1, 5)):
+        img = rng.random(shape).astype(np.float32)
+        for radius in (0, 1, 3, 4, 6):
+            expected = ndimage.maximum_filter(img, size=2 * radius + 1)
+            np.testing.assert_array_equal(local_max(img, radius), expected)

@@ -29,7 +29,7 @@ from pipelines.mr_accel.simulate import (
     random_reference_noise,
 )
 
-METRICS = ("lowfreq_diff", "bias_max", "structure_max", "edge_corr")
+METRICS = ("lowfreq_diff", "bias_max", "structure_max", "detail_ratio", "edge_corr")
 
 
 def _with_disc(image: FloatArray, rng: np.random.Generator) -> FloatArray | None:
@@ -87,6 +87,7 @@ def check(seed: int, images: int) -> dict[str, Any]:
             "lowfreq_diff": limits.max_lowfreq_diff,
             "bias_max": limits.max_bias,
             "structure_max": limits.max_structure,
+            "detail_ratio": limits.max_detail_ratio,
             "min_edge_corr": limits.min_edge_corr,
         },
         "discs_injected": injected,
