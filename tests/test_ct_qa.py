@@ -196,3 +196,13 @@ def test_gradient_is_ndimage_sobel_magnitude(shape: tuple[int, int]) -> None:
     image = np.random.default_rng(4).normal(0.0, 100.0, shape).astype(np.float32)
     expected = np.hypot(ndi.sobel(image, 0), ndi.sobel(image, 1))
     np.testing.assert_allclose(_gradient(image), expected, rtol=0, atol=1e-6 * expected.max())
+
+
+def test_gate_check_reports_flags_and_catch_rates() -> None:
+    from pipelines.ct_denoise.gate_check import DISCS, check
+
+    report = check(seed=9, slices=2)
+    assert report["slices"] == 2 and 0 <= report["flagged"] <= 2
+    assert list(report["caught"]) == ["8mm+40HU", "6mm+25HU", "5mm-30HU"]
+    assert len(DISCS) == 3
+    assert all(0 <= n <= 2 for n in report["caught"].values())
