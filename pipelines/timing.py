@@ -51,9 +51,10 @@ def paired_ms_per_slice(
 
     On a shared machine the speed drifts within minutes, so a ratio of two
     timings taken one after the other says more about the drift than about
-    the pipeline. Each round times ``model()`` and then ``pipeline()`` (both
-    processing ``n_slices`` slices, already warmed up); the ratio is the
-    median of the rounds' ratios.
+    the pipeline. Each round times ``model()`` and ``pipeline()`` (both
+    processing ``n_slices`` slices, already warmed up), in alternating order
+    so that a drift within a round does not bias every ratio the same way;
+    the ratio is the median of the rounds' ratios.
 
     Returns
     -------
@@ -63,9 +64,13 @@ def paired_ms_per_slice(
         ``cpu_share_during_model`` (see :func:`ms_per_slice`).
     """
     model_ms, pipeline_ms, ratios, shares = [], [], [], []
-    for _ in range(rounds):
-        m, share = ms_per_slice(model, n_slices, 1, threads)
-        p, _ = ms_per_slice(pipeline, n_slices, 1, threads)
+    for i in range(rounds):
+        if i % 2 == 0:
+            m, share = ms_per_slice(model, n_slices, 1, threads)
+            p, _ = ms_per_slice(pipeline, n_slices, 1, threads)
+        else:
+            p, _ = ms_per_slice(pipeline, n_slices, 1, threads)
+            m, share = ms_per_slice(model, n_slices, 1, threads)
         model_ms.append(m)
         pipeline_ms.append(p)
         ratios.append(p / m)

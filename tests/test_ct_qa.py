@@ -205,4 +205,5 @@ def test_gate_check_reports_flags_and_catch_rates() -> None:
     assert report["slices"] == 2 and 0 <= report["flagged"] <= 2
     assert list(report["caught"]) == ["8mm+40HU", "6mm+25HU", "5mm-30HU"]
     assert len(DISCS) == 3
-    assert all(0 <= n <= 2 for n in report["caught"].values())
+    assert report["injected"] == 2 - report["flagged"]
+    assert all(0 <= n <= report["injected"] for n in report["caught"].values())

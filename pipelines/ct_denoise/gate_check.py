@@ -5,8 +5,9 @@
 For each seed: ``N`` procedural body sections (256 x 256, 0.7-1.4 mm pixels,
 normal-dose noise 8-18 HU) at 25 % dose go through the shipped ct-denoise
 pipeline; the honest outputs should pass. Then discs are added to each
-output at random soft-tissue sites (8 mm +40 HU, 6 mm +25 HU, 5 mm -30 HU)
-and the share the gate catches is counted. Prints one JSON line per seed.
+output that passed, at random tissue sites (-300 to 300 HU: fat and soft
+tissue; 8 mm +40 HU, 6 mm +25 HU, 5 mm -30 HU), and the share the gate
+catches is counted. Prints one JSON line per seed.
 """
 
 from __future__ import annotations
@@ -59,13 +60,22 @@ def check(seed: int, slices: int) -> dict[str, Any]:
             clean, spacing, rng, fraction=0.25, normal_noise_hu=noise, projector=projector
         ).low.astype(np.float32)
         result = pipe.run(Volume(low[None], "CT", "HU", (spacing, spacing)))
-        flagged += bool(result.flagged_slices)
+        if result.flagged_slices:
+            flagged += 1
+            continue  # the input went out unchanged: nothing to inject into
         out = result.volume.voxels[0]
         sites = np.argwhere(tissue_mask(low)[10:-10, 10:-10]) + 10
         for disc, key in zip(DISCS, caught, strict=True):
             fake = _with_disc(out, sites, spacing, disc, rng)
             caught[key] += not gate_slice(low, fake, (spacing, spacing)).passed
-    return {"seed": seed, "slices": slices, "flagged": flagged, "caught": caught}
+    injected = slices - flagged
+    return {
+        "seed": seed,
+        "slices": slices,
+        "flagged": flagged,
+        "injected": injected,
+        "caught": caught,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,8 +68,10 @@ def benchmark(n_slices: int = 16, size: int = 512, repeats: int = 5) -> dict[str
     n_slices, size
         Series shape; the acceleration is the evaluation's (50 % coverage).
     repeats
-        Rounds; each times the network and then the whole pipeline (see
+        Rounds; each times the network and the whole pipeline (see
         :func:`pipelines.timing.paired_ms_per_slice`); medians are reported.
+        Torch, for comparison, is timed afterwards in as many plain repeats,
+        so its figure carries the machine's drift: read no speed-up from it.
 
     Returns
     -------
