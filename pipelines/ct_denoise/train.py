@@ -179,10 +179,17 @@ def train(cfg: TrainConfig, out: Path, cache: Path | None, quiet: bool = False) 
     sigma_normal = np.array([estimate_noise_sd(x) for x in data.normal], dtype=np.float32)
     # A fine-tuning run draws a different patch sequence from the same data.
     rng = np.random.default_rng([cfg.seed, 1 if cfg.init is None else 2])
-    net = ResidualDenoiser(NetworkConfig(channels=cfg.channels))
     if cfg.init is not None:
-        # Fine-tuning continues from earlier weights; the record keeps their hash.
-        net.load_state_dict(load_weights(Path(cfg.init)).state_dict())
+        # Fine-tuning continues from earlier weights, at their width; the
+        # record keeps their hash.
+        init = load_weights(Path(cfg.init))
+        if init.config.channels != cfg.channels:
+            logger.info("--init weights have %d channels; --channels ignored", init.config.channels)
+            cfg = replace(cfg, channels=init.config.channels)
+        net = ResidualDenoiser(init.config)
+        net.load_state_dict(init.state_dict())
+    else:
+        net = ResidualDenoiser(NetworkConfig(channels=cfg.channels))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     # Cosine decay to 1 % of the rate: the last steps settle the fine texture.
     sched = torch.optim.lr_scheduler.LambdaLR(
