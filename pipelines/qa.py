@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,7 @@ from pipelines.base import FloatArray, SliceQA
 from pipelines.stats import upper_percentile
 
 BoolArray = npt.NDArray[np.bool_]
+ArrayT = TypeVar("ArrayT", FloatArray, BoolArray)
 
 
 def tissue_mask(image: FloatArray, low: float = -300.0, high: float = 300.0) -> BoolArray:
@@ -219,34 +220,41 @@ def _gradient(smooth: FloatArray) -> FloatArray:
     return np.asarray(np.sqrt(g0 * g0 + g1 * g1), dtype=np.float32)
 
 
-def grow(mask: BoolArray, size: int) -> BoolArray:
-    """``ndimage.maximum_filter(mask, size)`` of a boolean mask, by shifted ORs.
+def local_max(image: ArrayT, size: int) -> ArrayT:
+    """``ndimage.maximum_filter(image, size)`` of a finite 2-D image or boolean mask.
 
-    A ``size`` x ``size`` window placed as ndimage places it (even sizes
+    The ``size`` x ``size`` window is placed as ndimage places it (even sizes
     reach one pixel further back than forward). The reflected border adds no
     values the window does not already hold, so the window is simply cut at
-    the edges. Several times faster than ndimage's filter on booleans.
+    the edges. Per axis, maxima over runs of 1, 2, 4, ... pixels are doubled
+    up and two overlapping runs cover the window: several times faster than
+    ndimage's filter. On a mask it grows the mask by the window.
     """
-    out = np.asarray(mask, dtype=bool)
+    out = np.asarray(image)
     if out.ndim != 2:
-        raise ValueError(f"grow takes a 2-D mask; got {out.ndim} dimensions")
-    back, forward = size // 2, size - 1 - size // 2
+        raise ValueError(f"local_max takes a 2-D array; got {out.ndim} dimensions")
+    low = False if out.dtype == bool else -np.inf
+    back = size // 2
     for axis in (0, 1):
-        grown = out.copy()
         n = out.shape[axis]
-        for shift in range(1, max(back, forward) + 1):
-            if shift >= n:
-                break
-            ahead = [slice(None)] * 2
-            behind = [slice(None)] * 2
-            if shift <= forward:  # out[i] |= mask[i + shift]
-                ahead[axis], behind[axis] = slice(0, n - shift), slice(shift, n)
-                grown[tuple(ahead)] |= out[tuple(behind)]
-            if shift <= back:  # out[i] |= mask[i - shift]
-                ahead[axis], behind[axis] = slice(shift, n), slice(0, n - shift)
-                grown[tuple(ahead)] |= out[tuple(behind)]
-        out = grown
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (back, size - 1 - back)
+        run = np.pad(out, pad, constant_values=low)
+        # run[j]: the maximum over `width` pixels from j on, doubled up to size.
+        width = 1
+        while 2 * width <= size:
+            here = _along(run, axis, 0, run.shape[axis] - width)
+            np.maximum(here, _along(run, axis, width, run.shape[axis]), out=here)
+            width *= 2
+        out = np.maximum(_along(run, axis, 0, n), _along(run, axis, size - width, size - width + n))
     return out
+
+
+def _along(a: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    """The view ``a[start:stop]`` along ``axis`` of a 2-D array."""
+    index = [slice(None), slice(None)]
+    index[axis] = slice(start, stop)
+    return a[tuple(index)]
 
 
 def edge_correlation(
@@ -332,7 +340,7 @@ def structure_area_mm2(
     # so the scale is a robust SD (MAD) per tile of ~15 smoothing widths:
     # local enough to follow the noise, robust so a lesion does not raise it.
     scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16))
-    strong_edge = grow(edges > edge_p90, 5)
+    strong_edge = local_max(edges > edge_p90, 5)
     hot = (np.abs(smooth_res) > np.maximum(z * scale, floor_hu)) & body & ~strong_edge
     if not hot.any():
         return 0.0
@@ -389,7 +397,7 @@ def gate_slice(
     edges = _gradient(ndi.gaussian_filter(b, sigma_px, truncate=3.0))
     if np.count_nonzero(tissue) >= 64:
         edge = edges > 3.0 * float(np.median(edges[tissue])) + 1e-6
-        flat = tissue & ~grow(edge, 9)
+        flat = tissue & ~local_max(edge, 9)
         if np.count_nonzero(flat) < 64:
             flat = tissue
     else:

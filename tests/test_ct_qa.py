@@ -20,7 +20,7 @@ from pipelines.qa import (
     estimate_noise_sd,
     flat_mask,
     gate_slice,
-    grow,
+    local_max,
     region_bias,
 )
 
@@ -183,12 +183,18 @@ def test_tile_mad_is_the_median_of_each_tile() -> None:
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (37, 64), (5, 9), (1, 7)])
-def test_grow_is_ndimage_maximum_filter(shape: tuple[int, int]) -> None:
+def test_local_max_is_ndimage_maximum_filter(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(3)
-    for size in (1, 2, 3, 4, 5, 8, 9, 12):
+    for size in (1, 2, 3, 4, 5, 8, 9, 12, 13):
         for density in (0.01, 0.2):
             mask = rng.random(shape) < density
-            assert np.array_equal(grow(mask, size), ndi.maximum_filter(mask, size=size))
+            assert np.array_equal(local_max(mask, size), ndi.maximum_filter(mask, size=size))
+        image = rng.random(shape).astype(np.float32)
+        grown = local_max(image, size)
+        assert grown.dtype == np.float32
+        np.testing.assert_array_equal(grown, ndi.maximum_filter(image, size=size))
+    with pytest.raises(ValueError, match="2-D"):
+        local_max(np.zeros(5, dtype=bool), 3)
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (37, 64), (5, 9)])

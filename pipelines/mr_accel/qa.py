@@ -17,7 +17,7 @@ from pipelines.mr_accel.filters import (
     gaussian_kernel,
 )
 from pipelines.mr_accel.kspace import floor_corrected, lowfreq_difference
-from pipelines.qa import grow
+from pipelines.qa import local_max
 from pipelines.stats import upper_percentile
 
 
@@ -131,12 +131,13 @@ def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None
     # gradient of the smoothed input (over 8, its kernel's weight) exceeds 0.02.
     grad_r = spec_in.filtered(_smoothed_sobel(fine, axis=0))
     grad_c = spec_in.filtered(_smoothed_sobel(fine, axis=1))
-    edge = grad_r * grad_r + grad_c * grad_c > np.float32((8.0 * 0.02) ** 2)
-    near_edge = grow(edge, int(4 * lim.structure_sigma) + 1)
+    sobel_sq = grad_r * grad_r + grad_c * grad_c
+    edge = sobel_sq > np.float32((8.0 * 0.02) ** 2)
+    near_edge = local_max(edge, int(4 * lim.structure_sigma) + 1)
     smooth_res = spec_res.filtered(Separable(fine, fine))
     flat = ~near_edge
     structure = float(np.abs(smooth_res[flat]).max()) if flat.any() else 0.0
-    detail_ratio = _detail_ratio(spec_in, smooth_res, grad_r, grad_c, floor, lim)
+    detail_ratio = _detail_ratio(spec_in, smooth_res, sobel_sq, floor, lim)
 
     # Only at the anatomy's edges, where detail dominates noise: removing noise
     # everywhere else also anti-correlates the residual with the noisy input.
@@ -178,15 +179,14 @@ def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None
 def _detail_ratio(
     spec_in: Spectrum,
     smooth_res: FloatArray,
-    grad_r: FloatArray,
-    grad_c: FloatArray,
+    sobel_sq: FloatArray,
     floor: FloatArray,
     lim: GateThresholds,
 ) -> float:
     """Largest smoothed residual in tissue relative to the local detail of the input.
 
-    ``grad_r`` and ``grad_c`` are Sobel responses of the smoothed input (eight
-    times its gradient); tissue is where the smoothed input exceeds 10 % of
+    ``sobel_sq`` is the squared Sobel response of the smoothed input (eight
+    times its gradient, squared); tissue is where the smoothed input exceeds 10 % of
     the scale. Removing the magnitude's noise floor (``floor``) is allowed on
     top, as in the low-frequency check: in noisy, dim tissue it is most of the
     residual.
@@ -195,47 +195,14 @@ def _detail_ratio(
     tissue = spec_in.filtered(Separable(fine, fine)) > np.float32(0.1)
     if not tissue.any():
         return 0.0
-    gradient = np.sqrt(grad_r * grad_r + grad_c * grad_c, dtype=np.float32)
+    gradient = np.sqrt(sobel_sq, dtype=np.float32)
     gradient *= np.float32(1.0 / 8.0)
-    allowed = np.float32(2.0) * local_max(gradient, lim.detail_radius)
+    allowed = np.float32(2.0) * local_max(gradient, 2 * lim.detail_radius + 1)
     allowed += np.float32(lim.detail_floor)
     allowed += np.abs(floor)
     ratio = np.abs(smooth_res) / allowed
     ratio[~tissue] = 0.0
     return float(ratio.max())
-
-
-def local_max(image: FloatArray, radius: int) -> FloatArray:
-    """``ndimage.maximum_filter(image, size=2 * radius + 1)`` of a finite 2-D image.
-
-    Computed by shifted maxima. Windows are cut at the border, which for a maximum is what ndimage's
-    default reflecting border gives; several times faster than ndimage here.
-    """
-    out = np.asarray(image, dtype=np.float32)
-    size = 2 * radius + 1
-    for axis in (0, 1):
-        n = out.shape[axis]
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        run = np.pad(out, pad, constant_values=-np.inf)
-        # run[j]: the maximum over `width` pixels from j on, doubled up to size.
-        width = 1
-        while 2 * width <= size:
-            ahead = _along(run, axis, width, run.shape[axis])
-            here = _along(run, axis, 0, run.shape[axis] - width)
-            np.maximum(here, ahead, out=here)
-            width *= 2
-        # Two runs of `width` pixels cover the window [i - radius, i + radius].
-        out = np.maximum(_along(run, axis, 0, n), _along(run, axis, size - width, size - width + n))
-    return out
-
-
-def _along(a: FloatArray, axis: int, start: int, stop: int) -> FloatArray:
-    """The view ``a[start:stop]`` along ``axis``."""
-    index = [slice(None), slice(None)]
-    index[axis] = slice(start, stop)
-    view: FloatArray = a[tuple(index)]
-    return view
 
 
 def _smoothed_sobel(kernel: Kernel, axis: int) -> Separable:
