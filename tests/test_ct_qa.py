@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from pipelines import qa
 from pipelines.base import Volume
 from pipelines.ct_denoise import entry
 from pipelines.ct_denoise.classical import nlm_denoise
@@ -17,10 +18,12 @@ from pipelines.qa import (
     _gradient,
     _tile_mad,
     block_mean,
+    body_box,
     estimate_noise_sd,
     flat_mask,
     gate_slice,
     local_max,
+    median_local_sd,
     region_bias,
 )
 
@@ -159,27 +162,36 @@ def test_region_bias_samples_the_full_box_filter() -> None:
         cover = ndi.uniform_filter(mask.astype(np.float32), size=region)
         mean = ndi.uniform_filter(diff, size=region)
         step = region // 2
-        sel = np.zeros(before.shape, dtype=bool)
-        sel[step // 2 :: step, step // 2 :: step] = True
-        sel &= cover > 0.6
-        expected = float(np.max(np.abs(mean[sel] / cover[sel])))
-        assert region_bias(before, after, region, mask) == pytest.approx(expected, rel=1e-5)
+        for origin in ((0, 0), (3, 20)):
+            # The grid keeps its place in the slice the images were cut from.
+            start = [(step // 2 - o) % step for o in origin]
+            sel = np.zeros(before.shape, dtype=bool)
+            sel[start[0] :: step, start[1] :: step] = True
+            sel &= cover > 0.6
+            expected = float(np.max(np.abs(mean[sel] / cover[sel])))
+            bias = region_bias(before, after, region, mask, origin)
+            assert bias == pytest.approx(expected, rel=1e-5)
 
 
-def test_tile_mad_is_the_median_of_each_tile() -> None:
+@pytest.mark.parametrize("origin", [(0, 0), (5, 37)])
+def test_tile_mad_is_the_median_of_each_tile(origin: tuple[int, int]) -> None:
     rng = np.random.default_rng(8)
     values = rng.normal(0.0, 3.0, (100, 77)).astype(np.float32)
     mask = rng.random(values.shape) < 0.5
     mask[:30] = False
+    mask[:, -5:] = True  # a cut tile at the right edge, over a quarter inside
     tile = 16
     expected = np.full(values.shape, 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3)
-    for r0 in range(0, 100, tile):
-        for c0 in range(0, 77, tile):
-            sel = mask[r0 : r0 + tile, c0 : c0 + tile]
-            if sel.sum() * 4 >= sel.size:
-                vals = np.abs(values[r0 : r0 + tile, c0 : c0 + tile][sel])
-                expected[r0 : r0 + tile, c0 : c0 + tile] = 1.4826 * float(np.median(vals)) + 1e-3
-    np.testing.assert_array_equal(_tile_mad(values, mask, tile), expected.astype(np.float32))
+    # Tiles start at multiples of the tile in the slice the values were cut from.
+    for r0 in range(-(origin[0] % tile), 100, tile):
+        for c0 in range(-(origin[1] % tile), 77, tile):
+            where = (slice(max(r0, 0), r0 + tile), slice(max(c0, 0), c0 + tile))
+            sel = mask[where]
+            if sel.sum() * 4 >= tile * tile:
+                vals = np.abs(values[where][sel])
+                expected[where] = 1.4826 * float(np.median(vals)) + 1e-3
+    scale = _tile_mad(values, mask, tile, origin)
+    np.testing.assert_array_equal(scale, expected.astype(np.float32))
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (37, 64), (5, 9), (1, 7)])
@@ -213,3 +225,47 @@ def test_gate_check_reports_flags_and_catch_rates() -> None:
     assert len(DISCS) == 3
     assert report["injected"] == 2 - report["flagged"]
     assert all(0 <= n <= report["injected"] for n in report["caught"].values())
+
+
+def test_body_box_is_the_bounding_box_of_the_body_grown_by_the_margin() -> None:
+    image = np.full((60, 80), -1000.0, dtype=np.float32)
+    image[20:31, 35:41] = 40.0
+    assert body_box(image, 5) == (slice(15, 36), slice(30, 46))
+    # Cut at the image's edges; the whole image when nothing is inside.
+    assert body_box(image, 25) == (slice(0, 56), slice(10, 66))
+    air = np.full((8, 8), -1000.0, dtype=np.float32)
+    assert air[body_box(air, 3)].shape == air.shape
+
+
+def test_cutting_out_the_body_changes_no_measurement(
+    slices: tuple[np.ndarray, np.ndarray, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate's metrics on the body's box equal those on the whole slice.
+
+    The region and tile grids keep their places in the slice; a faint
+    invented lesion gives the structure check something to measure.
+    """
+    low, out, spacing = slices
+    cy, cx = _flat_spot(low, int(8 / spacing))
+    yy, xx = np.mgrid[: low.shape[0], : low.shape[1]]
+    lesion = (((yy - cy) ** 2 + (xx - cx) ** 2) * spacing**2 <= 9.0) * np.float32(30.0)
+    fake = out + lesion
+    cut = gate_slice(low, fake, (spacing, spacing)).metrics
+    assert body_box(low, 18) != (slice(0, 192), slice(0, 192))  # the box is smaller
+    monkeypatch.setattr(qa, "_reach", lambda sigma_px, region_px: 10**6)
+    whole = gate_slice(low, fake, (spacing, spacing)).metrics
+    assert cut["structure_mm2"] > 0.0
+    assert cut == pytest.approx(whole, rel=1e-4)
+
+
+def test_strided_local_sd_keeps_the_median() -> None:
+    rng = np.random.default_rng(13)
+    image = ndi.gaussian_filter(rng.normal(0.0, 30.0, (200, 180)), 0.8).astype(np.float32)
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[20:150, 30:170] = True
+    full = median_local_sd(image, mask, 9)
+    assert median_local_sd(image, mask, 9, stride=3) == pytest.approx(full, rel=0.02)
+    # A mask the grid misses falls back to every window.
+    sparse = np.zeros(image.shape, dtype=bool)
+    sparse[50:70, 50] = True
+    assert median_local_sd(image, sparse, 9, stride=3) == median_local_sd(image, sparse, 9)
