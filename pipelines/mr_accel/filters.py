@@ -65,12 +65,23 @@ class Spectrum:
         2-D image.
     pad
         Reflected border in pixels; every filter's radius must not exceed it.
+        The bottom and right borders are widened to the next size the FFT
+        computes fast (a 512-pixel slice with a 33-pixel border: 600, not
+        578, about a third less time per transform); the filtered image is
+        the same.
     """
 
     def __init__(self, image: FloatArray, pad: int) -> None:
         self.shape = image.shape
         self.pad = pad
-        extended = np.pad(np.asarray(image, dtype=np.float32), pad, mode="symmetric")
+        rows, cols = image.shape
+        extra_rows = scipy.fft.next_fast_len(rows + 2 * pad) - (rows + 2 * pad)
+        extra_cols = scipy.fft.next_fast_len(cols + 2 * pad, real=True) - (cols + 2 * pad)
+        extended = np.pad(
+            np.asarray(image, dtype=np.float32),
+            ((pad, pad + extra_rows), (pad, pad + extra_cols)),
+            mode="symmetric",
+        )
         self._padded: tuple[int, int] = (extended.shape[0], extended.shape[1])
         self._spectrum: ComplexArray = scipy.fft.rfft2(extended)
 
