@@ -307,9 +307,16 @@ def _converted(module: torch.nn.Module, probe: Sequence[FloatArray], key: str) -
         if key not in _CONVERTED:
             example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in probe)
             with warnings.catch_warnings():
-                # OpenVINO traces the module with torch.jit, which torch marks as
+                # OpenVINO converts a torch.jit trace, which torch marks as
                 # deprecated; should a torch release drop it, the conversion fails
                 # and the caller falls back to torch.
                 warnings.filterwarnings("ignore", r".*torch\.jit", DeprecationWarning)
-                _CONVERTED[key] = ov.convert_model(module, example_input=example)
+                # Traced here without torch's own re-run check (a second forward
+                # pass and a comparison, 0.4-1.3 s for the CT network on two
+                # cores): the caller compares the converted model with torch anyway.
+                with torch.no_grad():
+                    traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                        module, example, check_trace=False
+                    )
+                _CONVERTED[key] = ov.convert_model(traced, example_input=example)
         return _CONVERTED[key]
