@@ -62,4 +62,11 @@ def test_evaluate_quick_writes_report_and_json(tmp_path: Path) -> None:
     assert {"psnr_soft", "ssim_soft", "rmse_wide", "bias_hu"} <= set(
         metrics["pixel_simulated"]["model"]
     )
+    # Quick mode keeps the real slices of at most 128 pixels: each has its own row.
+    per_slice = metrics["pixel_real_per_slice"]
+    assert list(per_slice) == metrics["real_slices"] and per_slice
+    for row in per_slice.values():
+        assert row["noise_sd_low_dose_hu"] > 0
+        assert {"psnr_soft_low_dose", "psnr_soft_model"} <= set(row)
+    assert "Each real slice" in report
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())

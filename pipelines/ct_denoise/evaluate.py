@@ -220,7 +220,11 @@ def evaluate(
     # Tier 1 on real slices with simulated dose reduction (evaluation only).
     pixel_real: dict[str, dict[str, float]] = {}
     real_names: list[str] = []
+    # Each real slice on its own: the mean over four hides which slices drive it.
+    per_slice: dict[str, dict[str, float]] = {}
     if cfg.real:
+        from pipelines.qa import estimate_noise_sd
+
         real_rows: dict[str, list[dict[str, float]]] = {"low dose": []}
         real_rows.update({k: [] for k in methods})
         for j, (name, nd, sp) in enumerate(real_slices(128 if cfg.size < 256 else None)):
@@ -230,6 +234,12 @@ def evaluate(
             outs = {mname: m(ld, sp) for mname, m in methods.items()}
             for mname, img in outs.items():
                 real_rows[mname].append(pixel_metrics(nd, img))
+            per_slice[name] = {
+                "pixel_spacing_mm": sp,
+                "noise_sd_low_dose_hu": estimate_noise_sd(ld),
+                "psnr_soft_low_dose": real_rows["low dose"][-1]["psnr_soft"],
+                **{f"psnr_soft_{k}": real_rows[k][-1]["psnr_soft"] for k in methods},
+            }
             if "real" not in examples or nd.shape[0] > examples["real"]["normal dose"].shape[0]:
                 examples["real"] = {"normal dose": nd, "low dose": ld, **outs}
         pixel_real = {k: _mean_metrics(v) for k, v in real_rows.items() if v}
@@ -246,6 +256,7 @@ def evaluate(
         "pixel_simulated": pixel_sim,
         "pixel_real": pixel_real,
         "real_slices": real_names,
+        "pixel_real_per_slice": per_slice,
         "task": task,
         "qa_gate": {"model_slices": len(flags), "flagged": int(sum(flags))},
         "seconds": round(time.time() - started, 1),
