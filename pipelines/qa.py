@@ -319,17 +319,23 @@ def edge_correlation(
 
 
 def _tile_mad(
-    values: FloatArray, mask: BoolArray, tile: int, origin: tuple[int, int] = (0, 0)
+    values: FloatArray,
+    mask: BoolArray,
+    tile: int,
+    origin: tuple[int, int] = (0, 0),
+    slice_shape: tuple[int, int] | None = None,
 ) -> FloatArray:
     """Robust SD (1.4826 x median absolute value) per square tile, as a full-size map.
 
-    Tiles less than a quarter (of ``tile`` squared) inside ``mask`` get the
-    whole mask's value. All tiles' medians come from one sort (masked-out
-    values sort last as +inf), the same values as ``np.median`` tile by
-    tile. ``origin`` is where ``values`` sit in the whole slice: the tiles
-    keep their places in the slice.
+    Tiles less than a quarter (of their pixels in the slice) inside ``mask``
+    get the whole mask's value. All tiles' medians come from one sort
+    (masked-out values sort last as +inf), the same values as ``np.median``
+    tile by tile. ``values`` may be cut out of a whole slice of
+    ``slice_shape`` (default: its own shape) at ``origin``: the tiles keep
+    their places in the slice.
     """
     rows, cols = values.shape
+    full_rows, full_cols = slice_shape or (rows, cols)
     global_scale = 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3
     front = (origin[0] % tile, origin[1] % tile)
     n_r, n_c = -(-(rows + front[0]) // tile), -(-(cols + front[1]) // tile)
@@ -339,15 +345,24 @@ def _tile_mad(
     inside = np.zeros(padded.shape, dtype=np.int32)
     inside[where] = mask
     count = _per_tile(inside, tile).sum(axis=-1)
+    size = np.outer(
+        _in_slice(n_r, tile, origin[0] - front[0], full_rows),
+        _in_slice(n_c, tile, origin[1] - front[1], full_cols),
+    )
     ordered = np.sort(_per_tile(padded, tile), axis=-1)
     lower = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)
     upper = np.take_along_axis(ordered, (count // 2)[..., None], axis=-1)
     median = ((lower + upper) / np.float32(2.0))[..., 0]
-    scale = np.where(
-        count * 4 >= tile * tile, 1.4826 * median.astype(np.float64) + 1e-3, global_scale
-    )
+    scale = np.where(count * 4 >= size, 1.4826 * median.astype(np.float64) + 1e-3, global_scale)
     full = np.repeat(np.repeat(scale, tile, axis=0), tile, axis=1)
     return np.asarray(full[where], dtype=np.float32)
+
+
+def _in_slice(n_tiles: int, tile: int, start: int, length: int) -> npt.NDArray[np.int64]:
+    """Pixels of each of ``n_tiles`` tiles, the first at ``start``, within ``[0, length)``."""
+    lo = start + tile * np.arange(n_tiles, dtype=np.int64)
+    counts: npt.NDArray[np.int64] = np.maximum(np.minimum(lo + tile, length) - np.maximum(lo, 0), 0)
+    return counts
 
 
 def _per_tile(image: npt.NDArray[np.generic], tile: int) -> npt.NDArray[Any]:
@@ -367,6 +382,7 @@ def structure_area_mm2(
     floor_hu: float,
     edge_p90: float,
     origin: tuple[int, int] = (0, 0),
+    slice_shape: tuple[int, int] | None = None,
 ) -> float:
     """Largest connected area where the smoothed residual is structure, not noise.
 
@@ -374,8 +390,8 @@ def structure_area_mm2(
     away; the threshold is ``z`` robust SDs of the smoothed residual itself,
     so it follows the noise level. The strongest input edges (above
     ``edge_p90``, the 90th percentile of ``edges`` in the body) are left to
-    :func:`edge_correlation`. ``origin`` places the images in the whole
-    slice (see :func:`_tile_mad`).
+    :func:`edge_correlation`. ``origin`` and ``slice_shape`` place the
+    images in the whole slice (see :func:`_tile_mad`).
     """
     if np.count_nonzero(body) < 64:
         return 0.0
@@ -383,7 +399,7 @@ def structure_area_mm2(
     # CT noise is not stationary (it is highest where the rays are longest),
     # so the scale is a robust SD (MAD) per tile of ~15 smoothing widths:
     # local enough to follow the noise, robust so a lesion does not raise it.
-    scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16), origin)
+    scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16), origin, slice_shape)
     strong_edge = local_max(edges > edge_p90, 5)
     hot = (np.abs(smooth_res) > np.maximum(z * scale, floor_hu)) & body & ~strong_edge
     if not hot.any():
@@ -470,6 +486,7 @@ def gate_slice(
     # leaving a margin wide enough that no filter reaches past it.
     crop = body_box(b, _reach(sigma_px, region_px))
     origin = (crop[0].start or 0, crop[1].start or 0)
+    slice_shape = (b.shape[0], b.shape[1])
     b, a = b[crop], a[crop]
     residual = b - a
     # One 5 x 5 mean of the input gives the tissue and the body masks.
@@ -511,6 +528,7 @@ def gate_slice(
         th.min_structure_hu,
         edge_p90=edge_p90,
         origin=origin,
+        slice_shape=slice_shape,
     )
     sigma_in = sd_in if input_noise_sd is None else input_noise_sd
     metrics = {

@@ -173,25 +173,37 @@ def test_region_bias_samples_the_full_box_filter() -> None:
             assert bias == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("origin", [(0, 0), (5, 37)])
-def test_tile_mad_is_the_median_of_each_tile(origin: tuple[int, int]) -> None:
+def _tile_mad_by_tile(values: np.ndarray, mask: np.ndarray, tile: int) -> np.ndarray:
+    """Tile by tile with ``np.median``: tiles from the corner, cut at the edges."""
+    rows, cols = values.shape
+    expected = np.full(values.shape, 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3)
+    for r0 in range(0, rows, tile):
+        for c0 in range(0, cols, tile):
+            where = (slice(r0, r0 + tile), slice(c0, c0 + tile))
+            sel = mask[where]
+            # Over a quarter of the tile's pixels in the image.
+            if sel.sum() * 4 >= sel.size:
+                expected[where] = 1.4826 * float(np.median(np.abs(values[where][sel]))) + 1e-3
+    return expected.astype(np.float32)
+
+
+def test_tile_mad_is_the_median_of_each_tile() -> None:
     rng = np.random.default_rng(8)
     values = rng.normal(0.0, 3.0, (100, 77)).astype(np.float32)
     mask = rng.random(values.shape) < 0.5
     mask[:30] = False
-    mask[:, -5:] = True  # a cut tile at the right edge, over a quarter inside
+    mask[:, -5:] = True  # the cut tiles at the right edge are over a quarter inside
     tile = 16
-    expected = np.full(values.shape, 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3)
-    # Tiles start at multiples of the tile in the slice the values were cut from.
-    for r0 in range(-(origin[0] % tile), 100, tile):
-        for c0 in range(-(origin[1] % tile), 77, tile):
-            where = (slice(max(r0, 0), r0 + tile), slice(max(c0, 0), c0 + tile))
-            sel = mask[where]
-            if sel.sum() * 4 >= tile * tile:
-                vals = np.abs(values[where][sel])
-                expected[where] = 1.4826 * float(np.median(vals)) + 1e-3
-    scale = _tile_mad(values, mask, tile, origin)
-    np.testing.assert_array_equal(scale, expected.astype(np.float32))
+    expected = _tile_mad_by_tile(values, mask, tile)
+    np.testing.assert_array_equal(_tile_mad(values, mask, tile), expected)
+    # Cut out of the image (at an origin that is no multiple of the tile), the
+    # values get the scales of the whole image: the tiles keep their places.
+    # The mask lies within the cut, as the body lies within the gate's box.
+    cut = (slice(5, 90), slice(37, 77))
+    within = np.zeros_like(mask)
+    within[cut] = mask[cut]
+    scale = _tile_mad(values[cut], within[cut], tile, (5, 37), values.shape)
+    np.testing.assert_array_equal(scale, _tile_mad_by_tile(values, within, tile)[cut])
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (37, 64), (5, 9), (1, 7)])
