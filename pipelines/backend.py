@@ -314,6 +314,7 @@ def _converted(module: torch.nn.Module, probe: Sequence[FloatArray], key: str) -
                 # Traced here without torch's own re-run check (a second forward
                 # pass and a comparison, 0.4-1.3 s for the CT network on two
                 # cores): the caller compares the converted model with torch anyway.
+                module.eval()  # no dropout or batch statistics in the graph
                 with torch.no_grad():
                     traced = torch.jit.trace(  # type: ignore[no-untyped-call]
                         module, example, check_trace=False

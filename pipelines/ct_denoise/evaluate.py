@@ -223,6 +223,7 @@ def evaluate(
     # Each real slice on its own: the mean over four hides which slices drive it.
     per_slice: dict[str, dict[str, float]] = {}
     if cfg.real:
+        from pipelines.ct_denoise.pipeline import HU_MAX, HU_MIN
         from pipelines.qa import estimate_noise_sd
 
         real_rows: dict[str, list[dict[str, float]]] = {"low dose": []}
@@ -236,7 +237,8 @@ def evaluate(
                 real_rows[mname].append(pixel_metrics(nd, img))
             per_slice[name] = {
                 "pixel_spacing_mm": sp,
-                "noise_sd_low_dose_hu": estimate_noise_sd(ld),
+                # As the pipeline measures it: on the input clipped to its HU range.
+                "noise_sd_low_dose_hu": estimate_noise_sd(np.clip(ld, HU_MIN, HU_MAX)),
                 "psnr_soft_low_dose": real_rows["low dose"][-1]["psnr_soft"],
                 **{f"psnr_soft_{k}": real_rows[k][-1]["psnr_soft"] for k in methods},
             }

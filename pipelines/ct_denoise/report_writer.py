@@ -150,8 +150,8 @@ def write_report(
         lines += [
             "",
             f"Each real slice: PSNR {SOFT_TISSUE.label()} of the low-dose input and each "
-            "method's gain over it, with the input's estimated noise (the model's "
-            "conditioning).",
+            "method's gain over it, with the input's noise SD as the pipeline estimates it "
+            "(the model's conditioning).",
             "",
             markdown_table(
                 [
