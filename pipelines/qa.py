@@ -45,12 +45,36 @@ def _in_band(smooth: FloatArray, low: float, high: float) -> BoolArray:
     return mask
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where an image cut out of a whole slice sits in it.
+
+    Grids of windows, regions and tiles are laid on the whole slice, so a
+    measurement of the cut-out equals that of the slice. The default: the
+    image is the whole slice.
+    """
+
+    origin: tuple[int, int] = (0, 0)
+    #: The whole slice's shape; ``None``: the image's own.
+    slice_shape: tuple[int, int] | None = None
+
+    def grid(self, step: int) -> tuple[slice, slice]:
+        """Every ``step``-th row and column, from ``step // 2`` in the slice."""
+        return (
+            slice((step // 2 - self.origin[0]) % step, None, step),
+            slice((step // 2 - self.origin[1]) % step, None, step),
+        )
+
+
+WHOLE = Placement()
+
+
 def median_local_sd(
     image: FloatArray,
     mask: BoolArray,
     size: int,
     stride: int = 1,
-    origin: tuple[int, int] = (0, 0),
+    placement: Placement = WHOLE,
 ) -> float:
     """Median over ``mask`` of the standard deviation in ``size`` x ``size`` windows.
 
@@ -62,14 +86,11 @@ def median_local_sd(
     With ``stride`` > 1 the windows are centred on every ``stride``-th row
     and column only (when the grid holds at least 16 masked pixels). Up to
     the window's edge this keeps every independent window: the median is as
-    precise, for a fraction of the filtering. ``origin`` is where ``image``
-    sits in the whole slice: the grid keeps its place in the slice.
+    precise, for a fraction of the filtering. The grid keeps its place in
+    the slice ``image`` was cut from (``placement``).
     """
     x = image.astype(np.float32) - np.float32(np.mean(image[mask]) if mask.any() else 0.0)
-    grid = (
-        slice((stride // 2 - origin[0]) % stride, None, stride),
-        slice((stride // 2 - origin[1]) % stride, None, stride),
-    )
+    grid = placement.grid(stride)
     if stride > 1 and np.count_nonzero(mask[grid]) >= 16:
         mean = _box_mean_on_grid(x, size, grid)
         variance = _box_mean_on_grid(x * x, size, grid)
@@ -208,20 +229,16 @@ def region_bias(
     after: FloatArray,
     region_px: int,
     mask: BoolArray,
-    origin: tuple[int, int] = (0, 0),
+    placement: Placement = WHOLE,
 ) -> float:
     """Largest absolute mean change over square tissue regions of ``region_px``.
 
-    ``origin`` is where the images sit in the whole slice (when cut out of
-    it): the regions keep their places in the slice.
+    The regions keep their places in the slice the images were cut from
+    (``placement``).
     """
     diff = ((after - before) * mask).astype(np.float32)
     # Sample the regions on a half-overlapping grid to keep them independent-ish.
-    step = max(region_px // 2, 1)
-    grid = (
-        slice((step // 2 - origin[0]) % step, None, step),
-        slice((step // 2 - origin[1]) % step, None, step),
-    )
+    grid = placement.grid(max(region_px // 2, 1))
     cover = _box_mean_on_grid(mask.astype(np.float32), region_px, grid)
     mean = _box_mean_on_grid(diff, region_px, grid)
     # Only regions mostly made of tissue: the mean of a few pixels is noise.
@@ -322,20 +339,19 @@ def _tile_mad(
     values: FloatArray,
     mask: BoolArray,
     tile: int,
-    origin: tuple[int, int] = (0, 0),
-    slice_shape: tuple[int, int] | None = None,
+    placement: Placement = WHOLE,
 ) -> FloatArray:
     """Robust SD (1.4826 x median absolute value) per square tile, as a full-size map.
 
     Tiles less than a quarter (of their pixels in the slice) inside ``mask``
     get the whole mask's value. All tiles' medians come from one sort
     (masked-out values sort last as +inf), the same values as ``np.median``
-    tile by tile. ``values`` may be cut out of a whole slice of
-    ``slice_shape`` (default: its own shape) at ``origin``: the tiles keep
-    their places in the slice.
+    tile by tile. The tiles keep their places in the slice ``values`` were
+    cut from (``placement``).
     """
     rows, cols = values.shape
-    full_rows, full_cols = slice_shape or (rows, cols)
+    origin = placement.origin
+    full_rows, full_cols = placement.slice_shape or (rows, cols)
     global_scale = 1.4826 * float(np.median(np.abs(values[mask]))) + 1e-3
     front = (origin[0] % tile, origin[1] % tile)
     n_r, n_c = -(-(rows + front[0]) // tile), -(-(cols + front[1]) // tile)
@@ -381,8 +397,7 @@ def structure_area_mm2(
     pixel_area_mm2: float,
     floor_hu: float,
     edge_p90: float,
-    origin: tuple[int, int] = (0, 0),
-    slice_shape: tuple[int, int] | None = None,
+    placement: Placement = WHOLE,
 ) -> float:
     """Largest connected area where the smoothed residual is structure, not noise.
 
@@ -390,8 +405,8 @@ def structure_area_mm2(
     away; the threshold is ``z`` robust SDs of the smoothed residual itself,
     so it follows the noise level. The strongest input edges (above
     ``edge_p90``, the 90th percentile of ``edges`` in the body) are left to
-    :func:`edge_correlation`. ``origin`` and ``slice_shape`` place the
-    images in the whole slice (see :func:`_tile_mad`).
+    :func:`edge_correlation`. ``placement`` places the images in the whole
+    slice (see :func:`_tile_mad`).
     """
     if np.count_nonzero(body) < 64:
         return 0.0
@@ -399,7 +414,7 @@ def structure_area_mm2(
     # CT noise is not stationary (it is highest where the rays are longest),
     # so the scale is a robust SD (MAD) per tile of ~15 smoothing widths:
     # local enough to follow the noise, robust so a lesion does not raise it.
-    scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16), origin, slice_shape)
+    scale = _tile_mad(smooth_res, body, max(int(15 * sigma_px), 16), placement)
     strong_edge = local_max(edges > edge_p90, 5)
     hot = (np.abs(smooth_res) > np.maximum(z * scale, floor_hu)) & body & ~strong_edge
     if not hot.any():
@@ -485,8 +500,7 @@ def gate_slice(
     # Every check looks inside the body only: the air around it is cut off,
     # leaving a margin wide enough that no filter reaches past it.
     crop = body_box(b, _reach(sigma_px, region_px))
-    origin = (crop[0].start or 0, crop[1].start or 0)
-    slice_shape = (b.shape[0], b.shape[1])
+    placement = Placement((crop[0].start or 0, crop[1].start or 0), (b.shape[0], b.shape[1]))
     b, a = b[crop], a[crop]
     residual = b - a
     # One 5 x 5 mean of the input gives the tissue and the body masks.
@@ -505,12 +519,12 @@ def gate_slice(
         flat = tissue
     if np.count_nonzero(flat) >= 16:
         sd_in, sd_out, sd_res = (
-            median_local_sd(x, flat, 9, stride=3, origin=origin) for x in (b, a, residual)
+            median_local_sd(x, flat, 9, stride=3, placement=placement) for x in (b, a, residual)
         )
     else:
         sd_in = sd_out = sd_res = 0.0
     floor = max(sd_in, 1.0)
-    bias = region_bias(b, a, region_px, tissue, origin)
+    bias = region_bias(b, a, region_px, tissue, placement)
     corr = edge_correlation(edges, residual, body, sigma_px)
     # A correlation only means something when the residual on the edges is
     # large enough to matter; a near-identity output (normal-dose input) has
@@ -527,8 +541,7 @@ def gate_slice(
         spacing**2,
         th.min_structure_hu,
         edge_p90=edge_p90,
-        origin=origin,
-        slice_shape=slice_shape,
+        placement=placement,
     )
     sigma_in = sd_in if input_noise_sd is None else input_noise_sd
     metrics = {

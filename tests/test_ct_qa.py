@@ -14,6 +14,7 @@ from pipelines.ct_denoise.phantoms import body_slice
 from pipelines.ct_denoise.pipeline import CTDenoisePipeline, parse_params
 from pipelines.ct_denoise.simulate import ParallelBeamProjector, simulate_pair
 from pipelines.qa import (
+    Placement,
     _dilate_diamond,
     _gradient,
     _tile_mad,
@@ -169,7 +170,7 @@ def test_region_bias_samples_the_full_box_filter() -> None:
             sel[start[0] :: step, start[1] :: step] = True
             sel &= cover > 0.6
             expected = float(np.max(np.abs(mean[sel] / cover[sel])))
-            bias = region_bias(before, after, region, mask, origin)
+            bias = region_bias(before, after, region, mask, Placement(origin))
             assert bias == pytest.approx(expected, rel=1e-5)
 
 
@@ -202,7 +203,7 @@ def test_tile_mad_is_the_median_of_each_tile() -> None:
     cut = (slice(5, 90), slice(37, 77))
     within = np.zeros_like(mask)
     within[cut] = mask[cut]
-    scale = _tile_mad(values[cut], within[cut], tile, (5, 37), values.shape)
+    scale = _tile_mad(values[cut], within[cut], tile, Placement((5, 37), values.shape))
     np.testing.assert_array_equal(scale, _tile_mad_by_tile(values, within, tile)[cut])
 
 
