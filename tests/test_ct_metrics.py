@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from pipelines.evaluation.metrics import SOFT_TISSUE, WIDE, Window, bias, psnr, rmse, ssim
 from pipelines.evaluation.noise import noise_power_spectrum
-from pipelines.evaluation.observer import cho_dprime, cnr, disk_mask
+from pipelines.evaluation.observer import cho_dprime, cnr, disk_mask, dprime_change
 
 
 def test_psnr_matches_its_definition_in_the_window() -> None:
@@ -56,7 +57,6 @@ def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance() -> None:
 
 
 def test_nps_shifts_down_when_noise_is_smoothed() -> None:
-    from scipy import ndimage as ndi
 
     rng = np.random.default_rng(3)
     white = rng.normal(0.0, 20.0, (20, 64, 64))
@@ -85,6 +85,25 @@ def test_cho_dprime_grows_with_contrast_and_falls_with_noise() -> None:
     assert noisy < high
     absent_only = cho_dprime(*_disk_rois(rng, 200, 0.0, 10.0), radius_px=4.0)
     assert absent_only < 0.6
+
+
+def test_dprime_change_interval_is_paired() -> None:
+    rng = np.random.default_rng(6)
+    present, absent = _disk_rois(rng, 200, 3.0, 10.0)
+    # The same realisations, unchanged: no change, and an interval of width 0.
+    assert dprime_change(present, absent, present, absent, 4.0, draws=50) == (0.0, 0.0, 0.0)
+    # More noise on the same realisations: d' falls, the whole interval below 0.
+    noisier_p = present + rng.normal(0.0, 10.0, present.shape)
+    noisier_a = absent + rng.normal(0.0, 10.0, absent.shape)
+    change, low, high = dprime_change(noisier_p, noisier_a, present, absent, 4.0, draws=200)
+    assert low <= change <= high < 0.0
+    # A faint smoothing barely changes d': its interval holds 0.
+    smooth_p = np.stack([ndi.gaussian_filter(x, 0.5) for x in present])
+    smooth_a = np.stack([ndi.gaussian_filter(x, 0.5) for x in absent])
+    change, low, high = dprime_change(smooth_p, smooth_a, present, absent, 4.0, draws=200)
+    assert low <= 0.0 <= high
+    with pytest.raises(ValueError, match="same realisations"):
+        dprime_change(present[:10], absent, present, absent, 4.0)
 
 
 def test_cnr_is_contrast_over_noise() -> None:

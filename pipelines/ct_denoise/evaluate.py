@@ -34,7 +34,7 @@ class EvalConfig:
     size: int = 256
     sim_slices: int = 12
     tune_slices: int = 6
-    realisations: int = 30
+    realisations: int = 200
     real: bool = True
     seed: int = 1000
 

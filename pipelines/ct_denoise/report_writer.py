@@ -64,15 +64,22 @@ def target_checks(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             "met" if abs(b) <= BIAS_TARGET_HU else "missed",
         )
     )
-    worst = min(
-        task["model"]["inserts"][k]["dprime"] - task["low dose"]["inserts"][k]["dprime"]
-        for k in task["model"]["inserts"]
+    worst_key = min(
+        task["model"]["inserts"], key=lambda k: task["model"]["inserts"][k]["dprime_change"]
     )
+    worst = task["model"]["inserts"][worst_key]
+    if worst["dprime_change"] >= 0:
+        status = "met"
+    elif worst["dprime_change_high"] >= 0:
+        status = "missed, within the 95 % interval"
+    else:
+        status = "missed"
     rows.append(
         (
             "d′ not below low dose for any insert",
-            f"worst Δd′ {worst:+.2f}",
-            "met" if worst >= 0 else "missed",
+            f"worst Δd′ {worst['dprime_change']:+.3f} ({worst_key}, 95 % interval "
+            f"{worst['dprime_change_low']:+.3f} … {worst['dprime_change_high']:+.3f})",
+            status,
         )
     )
     return rows
@@ -222,10 +229,31 @@ def write_report(
             [
                 [
                     k,
-                    *[v["inserts"][i]["dprime"] for i in inserts],
+                    *[f"{v['inserts'][i]['dprime']:.3f}" for i in inserts],
                     *[v["inserts"][i]["cnr"] for i in inserts],
                 ]
                 for k, v in task.items()
+            ],
+        ),
+        "",
+        f"{metrics['config']['realisations']} signal-present and as many signal-absent "
+        "realisations. Change of d′ against the low-dose input, with a paired 95 % "
+        "bootstrap interval (1000 draws of the realisations, each taken by both versions):",
+        "",
+        markdown_table(
+            ["method", *[f"Δd′ {k}" for k in inserts]],
+            [
+                [
+                    k,
+                    *[
+                        f"{v['inserts'][i]['dprime_change']:+.3f} "
+                        f"({v['inserts'][i]['dprime_change_low']:+.3f} … "
+                        f"{v['inserts'][i]['dprime_change_high']:+.3f})"
+                        for i in inserts
+                    ],
+                ]
+                for k, v in task.items()
+                if "dprime_change" in next(iter(v["inserts"].values()))
             ],
         ),
         "",

@@ -14,7 +14,7 @@ from pipelines.ct_denoise.phantoms import (
     low_contrast_phantom,
 )
 from pipelines.evaluation.noise import NPSResult, noise_power_spectrum
-from pipelines.evaluation.observer import cho_dprime, cnr, disk_mask
+from pipelines.evaluation.observer import cho_dprime, cnr, disk_mask, dprime_change
 
 Method = Callable[[FloatArray, float], FloatArray]
 #: Cylinder radius and pixel spacing: a 180 mm water cylinder at 0.8 mm
@@ -22,6 +22,8 @@ Method = Callable[[FloatArray, float], FloatArray]
 RADIUS_MM = 90.0
 #: Normal-dose noise SD at the cylinder centre, HU (a routine-dose body scan).
 NORMAL_NOISE_HU = 10.0
+#: The versions every method is compared with; d' changes are taken against low dose.
+BASE = ("normal dose", "low dose")
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,19 @@ def _rois(images: FloatArray, x_mm: float, y_mm: float, spacing: float, half: in
 
 
 def detectability(
-    present: FloatArray, absent: FloatArray, spacing: float
+    present: FloatArray,
+    absent: FloatArray,
+    spacing: float,
+    reference: tuple[FloatArray, FloatArray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """CNR and CHO d' per insert, keyed like ``"3mm/14HU"``."""
+    """CNR and CHO d' per insert, keyed like ``"3mm/14HU"``.
+
+    With a ``reference`` (the same realisations' signal-present and
+    signal-absent images in another version, e.g. the low-dose input), each
+    insert also gets the change of d' against it and its paired 95 %
+    bootstrap interval (``dprime_change``, ``dprime_change_low``,
+    ``dprime_change_high``).
+    """
     result: dict[str, dict[str, float]] = {}
     for (diameter, contrast), (x, y) in zip(
         LOW_CONTRAST_INSERTS, insert_positions(RADIUS_MM), strict=True
@@ -103,6 +115,15 @@ def detectability(
             "cnr": cnr(sp, radius_px, background_sd=float(sa[:, disk].std())),
             "contrast_hu": contrast_meas,
         }
+        if reference is not None:
+            change, low, high = dprime_change(
+                sp,
+                sa,
+                _rois(reference[0], x, y, spacing, half),
+                _rois(reference[1], x, y, spacing, half),
+                radius_px,
+            )
+            result[key].update(dprime_change=change, dprime_change_low=low, dprime_change_high=high)
     return result
 
 
@@ -145,11 +166,12 @@ def run_task_tier(
         pres = np.stack([method(x, sp) for x in images.present_low])
         abst = np.stack([method(x, sp) for x in images.absent_low])
         versions[name] = (pres, abst)
+    low_dose = versions["low dose"]
     out: dict[str, dict[str, object]] = {}
     for name, (pres, abst) in versions.items():
         nps = noise_texture(abst, sp)
         out[name] = {
-            "inserts": detectability(pres, abst, sp),
+            "inserts": detectability(pres, abst, sp, None if name in BASE else low_dose),
             "noise_sd_hu": nps.noise_sd,
             "nps_peak_cyc_per_mm": nps.peak_frequency,
             "nps_mean_cyc_per_mm": nps.mean_frequency,

@@ -78,14 +78,75 @@ def cho_dprime(
         d' = sqrt(dv^T S^-1 dv), dv the mean channel-output difference and S
         the average of the two classes' channel covariances.
     """
+    return _hotelling_dprime(*_channel_outputs(present, absent, radius_px, channels))
+
+
+def _channel_outputs(
+    present: FloatArray, absent: FloatArray, radius_px: float, channels: int = 6
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Laguerre-Gauss channel outputs of each ROI, ``(n, channels)`` per class."""
     sp = np.asarray(present, dtype=np.float64)
     sa = np.asarray(absent, dtype=np.float64)
-    size = sp.shape[-1]
-    u = laguerre_gauss_channels(size, 2.5 * radius_px, channels)
-    vp = sp.reshape(sp.shape[0], -1) @ u.T
-    va = sa.reshape(sa.shape[0], -1) @ u.T
+    u = laguerre_gauss_channels(sp.shape[-1], 2.5 * radius_px, channels)
+    return sp.reshape(sp.shape[0], -1) @ u.T, sa.reshape(sa.shape[0], -1) @ u.T
+
+
+def _hotelling_dprime(vp: npt.NDArray[np.float64], va: npt.NDArray[np.float64]) -> float:
+    """Hotelling d' of two classes of channel outputs."""
     dv = vp.mean(axis=0) - va.mean(axis=0)
     cov = 0.5 * (np.cov(vp, rowvar=False) + np.cov(va, rowvar=False))
     # A small ridge keeps the inverse stable when ROIs are few.
-    cov += np.eye(channels) * 1e-6 * float(np.trace(cov))
+    cov += np.eye(vp.shape[1]) * 1e-6 * float(np.trace(cov))
     return float(np.sqrt(max(float(dv @ np.linalg.solve(cov, dv)), 0.0)))
+
+
+def dprime_change(
+    present: FloatArray,
+    absent: FloatArray,
+    ref_present: FloatArray,
+    ref_absent: FloatArray,
+    radius_px: float,
+    draws: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Change of CHO d' against a reference, with a paired 95 % bootstrap interval.
+
+    The images of both versions come from the same noise realisations (a
+    method's output of realisation ``i`` against realisation ``i`` itself), so
+    each bootstrap draw resamples realisations once and takes both versions'
+    d' from the same draw: the interval is that of the change, far narrower
+    than two separate intervals would suggest.
+
+    Parameters
+    ----------
+    present, absent
+        ``(n, m, m)`` ROIs of the version being judged (e.g. a method's output).
+    ref_present, ref_absent
+        The same realisations in the reference version (e.g. the low-dose input).
+    radius_px
+        Disk radius, as for :func:`cho_dprime`.
+    draws
+        Bootstrap draws.
+    seed
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        ``(change, low, high)``: d' minus the reference's d', and the 2.5th
+        and 97.5th percentiles of the change over the draws.
+    """
+    n_present, n_absent = len(present), len(absent)
+    if len(ref_present) != n_present or len(ref_absent) != n_absent:
+        raise ValueError("dprime_change needs the same realisations in both versions")
+    vp, va = _channel_outputs(present, absent, radius_px)
+    rp, ra = _channel_outputs(ref_present, ref_absent, radius_px)
+    change = _hotelling_dprime(vp, va) - _hotelling_dprime(rp, ra)
+    rng = np.random.default_rng(seed)
+    samples = np.empty(draws)
+    for k in range(draws):
+        i = rng.integers(0, n_present, n_present)
+        j = rng.integers(0, n_absent, n_absent)
+        samples[k] = _hotelling_dprime(vp[i], va[j]) - _hotelling_dprime(rp[i], ra[j])
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return change, float(low), float(high)
