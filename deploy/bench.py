@@ -1,9 +1,11 @@
 """make bench: receive throughput against dcmtk and Orthanc, end-to-end latency, model speed.
 
 Sends the same CT series (default 300 slices of 512x512) with dcmtk's storescu,
-one association each time, to (a) dcmtk storescp, (b) Orthanc, (c) radnode,
-one after the other, for several rounds, and prints images/s (median over the
-rounds) and radnode's ratios to the two peers measured in the same run. Then
+one association each time, to (a) dcmtk storescp, (b) Orthanc, (c) radnode's
+pynetdicom receive path keeping nothing (deploy/bare_scp.py: the most any
+pynetdicom receiver reaches here), (d) radnode, one after the other, for
+several rounds, and prints images/s (median over the rounds) and radnode's
+ratios to the peers measured in the same run. Then
 it measures end-to-end latency on one series: last input instance
 acknowledged -> last output stored in Orthanc, with the quiet period stated.
 Finally the pipelines' own model timings. Results go to bench-out/bench.json.
@@ -29,9 +31,11 @@ from node.peers import (
     Process,
     free_port,
     run_tool,
+    spawn,
     start_node,
     start_orthanc,
     start_storescp,
+    wait_for_port,
     wait_until,
     write_ct_node_settings,
 )
@@ -48,14 +52,30 @@ def send(port: int, folder: Path, aec: str) -> float:
     return elapsed
 
 
+def start_bare_scp(workdir: Path) -> Process:
+    """Start ``deploy/bare_scp.py``: pynetdicom with radnode's tuning, keeping nothing."""
+    port = free_port()
+    log = workdir / "bare-scp.log"
+    script = Path(__file__).resolve().with_name("bare_scp.py")
+    proc = spawn([sys.executable, str(script), str(port)], log)
+    wait_for_port(port, proc)
+    return Process(proc=proc, port=port, log=log)
+
+
 def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) -> dict[str, Any]:
-    """Images/s of storescp, Orthanc and radnode on the same files, interleaved."""
-    results: dict[str, list[float]] = {"storescp": [], "orthanc": [], "radnode": []}
+    """Images/s of storescp, Orthanc, bare pynetdicom and radnode on the same files, interleaved."""
+    results: dict[str, list[float]] = {
+        "storescp": [],
+        "orthanc": [],
+        "pynetdicom": [],
+        "radnode": [],
+    }
     for r in range(rounds):
         folder = series_folders[r]
         peers: list[tuple[str, Callable[[Path], Process], str]] = [
             ("storescp", start_storescp, "STORESCP"),
             ("orthanc", start_orthanc, "ORTHANC"),
+            ("pynetdicom", start_bare_scp, "BARESCP"),
         ]
         for name, start, aec in peers:
             peer = start(out / f"{name}-{r}")
@@ -88,14 +108,23 @@ def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) 
     # machine's speed drifts over a run: ratios are taken within a round.
     vs = {
         peer: [a / b for a, b in zip(results["radnode"], results[peer], strict=True)]
+        for peer in ("orthanc", "storescp", "pynetdicom")
+    }
+    # What any pynetdicom receiver could reach at best, against the peers.
+    bare = {
+        peer: [a / b for a, b in zip(results["pynetdicom"], results[peer], strict=True)]
         for peer in ("orthanc", "storescp")
     }
     return {
         "images_per_second": median,
         "rounds": results,
         "ratios_per_round": vs,
+        "bare_pynetdicom_ratios_per_round": bare,
         "radnode_vs_orthanc": statistics.median(vs["orthanc"]),
         "radnode_vs_storescp": statistics.median(vs["storescp"]),
+        "radnode_vs_bare_pynetdicom": statistics.median(vs["pynetdicom"]),
+        "bare_pynetdicom_vs_orthanc": statistics.median(bare["orthanc"]),
+        "bare_pynetdicom_vs_storescp": statistics.median(bare["storescp"]),
     }
 
 
@@ -202,14 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  dcmtk storescp  {ips['storescp']:7.1f} img/s")
     print(f"  Orthanc         {ips['orthanc']:7.1f} img/s")
+    print(f"  pynetdicom      {ips['pynetdicom']:7.1f} img/s  (radnode's receive, keeping nothing)")
     print(f"  radnode         {ips['radnode']:7.1f} img/s  (durable write + index + audit)")
     rounds = recv["ratios_per_round"]
+    bare = recv["bare_pynetdicom_ratios_per_round"]
     for peer, name, target in (("orthanc", "Orthanc", 1.5), ("storescp", "storescp", 0.5)):
         each = ", ".join(f"{r:.2f}" for r in rounds[peer])
         print(
             f"  radnode / {name:9s}= {recv[f'radnode_vs_{peer}']:.2f}  (target >= {target};"
             f" median of the rounds' ratios {each})"
         )
+        each = ", ".join(f"{r:.2f}" for r in bare[peer])
+        print(
+            f"    bare pynetdicom / {name:9s}= {recv[f'bare_pynetdicom_vs_{peer}']:.2f}"
+            f"  (the most a pynetdicom receiver reaches; rounds {each})"
+        )
+    print(f"  radnode / bare pynetdicom = {recv['radnode_vs_bare_pynetdicom']:.2f}")
     lat = report["latency"]
     print(
         f"end-to-end latency (last input acknowledged -> last output in Orthanc): "

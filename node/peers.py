@@ -94,7 +94,8 @@ class Process:
             self.proc.wait()
 
 
-def _spawn(cmd: Sequence[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(cmd: Sequence[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with the peers' environment (:func:`tool_env`), output into ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -174,7 +175,7 @@ def start_orthanc(
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config, indent=2))
     log = workdir / "orthanc.log"
-    proc = _spawn([find_tool("Orthanc"), str(cfg)], log)
+    proc = spawn([find_tool("Orthanc"), str(cfg)], log)
     wait_for_port(http_port, proc)
     wait_for_port(dicom_port, proc)
     return Orthanc(proc=proc, port=dicom_port, log=log, http_port=http_port, aet=aet)
@@ -185,7 +186,7 @@ def start_storescp(workdir: Path, aet: str = "STORESCP") -> Process:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "storescp.log"
-    proc = _spawn(
+    proc = spawn(
         [find_tool("storescp"), "-aet", aet, "-od", str(workdir), "+xa", "-dhl", str(port)], log
     )
     wait_for_port(port, proc)
@@ -267,7 +268,7 @@ def start_node(
 ) -> Process:
     """Start ``radnode serve`` with ``config`` and wait for its DICOM and HTTP ports."""
     cmd = [sys.executable, "-m", "node", "serve", "--config", str(config)]
-    proc = _spawn(cmd, log)
+    proc = spawn(cmd, log)
     wait_for_port(port, proc, timeout)
     if http_port:
         wait_for_port(http_port, proc, timeout)
