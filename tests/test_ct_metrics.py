@@ -57,7 +57,6 @@ def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance() -> None:
 
 
 def test_nps_shifts_down_when_noise_is_smoothed() -> None:
-
     rng = np.random.default_rng(3)
     white = rng.normal(0.0, 20.0, (20, 64, 64))
     smooth = np.stack([ndi.gaussian_filter(x, 1.5) for x in white])

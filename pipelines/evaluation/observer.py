@@ -108,6 +108,7 @@ def dprime_change(
     radius_px: float,
     draws: int = 1000,
     seed: int = 0,
+    channels: int = 6,
 ) -> tuple[float, float, float]:
     """Change of CHO d' against a reference, with a paired 95 % bootstrap interval.
 
@@ -129,6 +130,8 @@ def dprime_change(
         Bootstrap draws.
     seed
         Seed of the resampling.
+    channels
+        Number of Laguerre-Gauss channels, as for :func:`cho_dprime`.
 
     Returns
     -------
@@ -139,8 +142,8 @@ def dprime_change(
     n_present, n_absent = len(present), len(absent)
     if len(ref_present) != n_present or len(ref_absent) != n_absent:
         raise ValueError("dprime_change needs the same realisations in both versions")
-    vp, va = _channel_outputs(present, absent, radius_px)
-    rp, ra = _channel_outputs(ref_present, ref_absent, radius_px)
+    vp, va = _channel_outputs(present, absent, radius_px, channels)
+    rp, ra = _channel_outputs(ref_present, ref_absent, radius_px, channels)
     change = _hotelling_dprime(vp, va) - _hotelling_dprime(rp, ra)
     rng = np.random.default_rng(seed)
     samples = np.empty(draws)
