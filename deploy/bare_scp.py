@@ -3,10 +3,10 @@
 ``make bench`` measures it beside dcmtk ``storescp``, Orthanc and radnode. It
 is radnode's receive path less everything radnode does with an instance:
 the same pynetdicom configuration and tuning (:mod:`node.dicom.tuning`), the
-same presentation contexts, and a C-STORE handler that decodes the dataset
-and takes its bytes, as radnode's does, then answers Success without writing,
-indexing or auditing anything. Its images/s bound radnode's from above on
-the same machine, whatever radnode's own work costs.
+same storage presentation contexts, and a C-STORE handler that decodes the
+dataset and takes its bytes, as radnode's does, then answers Success without
+writing, indexing or auditing anything. Its images/s bound radnode's from
+above on the same machine, whatever radnode's own work costs.
 
 Usage: ``python deploy/bare_scp.py PORT`` (listens on the loopback interface
 until terminated).
@@ -26,6 +26,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from node.dicom.syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from node.dicom.tuning import tune_receive
 from node.peers import LOOPBACK
+from node.settings import NodeSettings
 
 
 def _on_store(event: evt.Event) -> int:
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title="BARESCP")
-    ae.maximum_pdu_size = 0  # radnode's default (node.max_pdu = 0)
+    ae.maximum_pdu_size = NodeSettings.model_fields["max_pdu"].default  # radnode's default
     ae.maximum_associations = 32
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(str(cx.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
