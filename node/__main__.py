@@ -6,8 +6,9 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,7 +30,7 @@ from node.retention import Retention
 from node.routing import Router
 from node.settings import Settings
 from node.signing import load_or_create_identity, sign_dataset
-from node.spool import Spool
+from node.spool import Spool, remove_stale_temporaries
 from pipelines.registry import default_registry
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class Node:
         reindexed = self.ingest.reindex_spool()
         if reindexed:
             logger.info("re-indexed %d spooled instance(s) the index lacked", reindexed)
+        stale = remove_stale_temporaries(self._written_folders())
+        if stale:
+            logger.info("removed %d temporary file(s) left by writes a stop cut off", stale)
         if self.retention.recover():
             logger.info("series a stopped process left half purged are due again")
         receipts = self.scp.journal.recover(self.db)
@@ -78,12 +82,21 @@ class Node:
                 version=__version__,
                 port=self.settings.node.port,
                 reindexed=reindexed,
+                stale_temporaries_removed=stale,
             )
         self.scheduler.start()
         self.workers.start()
         self.scp.start()
         if self.api is not None:
             self.api.start()
+
+    def _written_folders(self) -> Iterator[Path]:
+        """Every folder the node writes files into atomically (spool, outputs, keys, journal)."""
+        data_dir = self.settings.node.data_dir
+        yield from self.ingest.spool.root.glob("*/*/")
+        yield from (data_dir / "outputs").glob("job-*/")
+        yield data_dir / "keys"
+        yield from (data_dir / "associations").glob("*/")
 
     def stop(self) -> None:
         """Stop accepting, let work in progress finish, and record the stop."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -91,6 +92,35 @@ def write_atomic(path: Path, chunks: Iterable[bytes], mode: int = 0o644) -> int:
             raise StorageError(f"cannot write {path.name}: {exc.strerror}") from exc
         raise
     return size
+
+
+#: A temporary file older than this was left by a process that died while
+#: writing it (a write takes milliseconds); another replica sharing the
+#: folder may be writing younger ones.
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def remove_stale_temporaries(
+    folders: Iterable[Path], max_age: float = STALE_TEMPORARY_SECONDS
+) -> int:
+    """Delete temporaries of :func:`write_atomic` older than ``max_age`` seconds.
+
+    A process that dies between creating its temporary file and renaming it
+    leaves the file behind under its hidden ``.<name>.<pid>-<n>.tmp`` name. It
+    was never answered Success for (the rename comes first), so it holds
+    nothing the node owes anyone. Returns how many were deleted.
+    """
+    removed = 0
+    cutoff = time.time() - max_age
+    for folder in folders:
+        for path in folder.glob(".*.tmp"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # removed meanwhile by another replica
+                continue
+    return removed
 
 
 def _create_temporary(path: Path) -> tuple[Path, int]:

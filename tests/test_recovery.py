@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,10 @@ def wait_enhanced(
     return result
 
 
+def study_uid(series: list[Any]) -> str:
+    return str(series[0].StudyInstanceUID)
+
+
 def db_rows(runner: NodeRunner, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(runner.data_dir / "radnode.db") as conn:
         return list(conn.execute(sql))
@@ -70,9 +76,19 @@ def test_restart_mid_series_loses_nothing(
     journal = node_runner.data_dir / "associations"
     wait_until(lambda: not list(journal.glob("*/*.json")), 30, "the journal entry removed")
     node_runner.kill()  # SIGKILL: no chance to tidy up
+    # What a kill in the middle of a write leaves: a temporary, never renamed
+    # (and never answered Success), an hour old by the next start.
+    folder = node_runner.data_dir / "spool" / study_uid(series) / str(series[0].SeriesInstanceUID)
+    cut_off = folder / f".{series[2].SOPInstanceUID}.dcm.99999-0.tmp"
+    cut_off.write_bytes(b"half an instance")
+    long_ago = time.time() - 2 * 3600
+    os.utime(cut_off, (long_ago, long_ago))
     node_runner.start()
+    assert not cut_off.exists()
+    started = node_runner.http("/audit?event=application-start")
+    assert [r["detail"]["stale_temporaries_removed"] for r in started] == [0, 1]
     storescu(node_runner.port, files[2:])
-    study = str(series[0].StudyInstanceUID)
+    study = study_uid(series)
     found = wait_enhanced(orthanc, study, 4)
     assert len(db_rows(node_runner, "SELECT * FROM instances")) == 4
     sources = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,22 @@ def test_a_failure_names_the_file_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"cannot write 1\.2\.3\.dcm"):
         write_atomic(target, [b"instance"])
     assert os.listdir(target.parent) == [target.name]
+
+
+def test_stale_temporaries_are_removed_and_young_ones_kept(tmp_path: Path) -> None:
+    folder = tmp_path / "study" / "series"
+    write_atomic(folder / "1.2.3.dcm", [b"instance"])
+    stale = folder / ".1.2.4.dcm.4242-0.tmp"
+    young = folder / ".1.2.5.dcm.4243-0.tmp"
+    for path in (stale, young):
+        path.write_bytes(b"cut off")
+    an_hour_ago = time.time() - spool.STALE_TEMPORARY_SECONDS - 60
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    # Only files written by write_atomic's naming are touched.
+    other = folder / "notes.tmp"
+    other.write_bytes(b"not ours")
+    os.utime(other, (an_hour_ago, an_hour_ago))
+    assert spool.remove_stale_temporaries([folder, tmp_path / "missing"]) == 1
+    assert sorted(os.listdir(folder)) == sorted(["1.2.3.dcm", young.name, other.name])
+    assert spool.remove_stale_temporaries([folder], max_age=0.0) == 1
+    assert sorted(os.listdir(folder)) == sorted(["1.2.3.dcm", other.name])
