@@ -471,9 +471,14 @@ def parse_settings(
                     + unknown_option_message("pipeline", rule.pipeline, known)
                 )
             try:
-                registry.entry(rule.pipeline)
+                entry = registry.entry(rule.pipeline)
             except PipelineError as exc:  # pragma: no cover - names() and entry() agree
                 raise ConfigError(f"{source}: rules[{i}].pipeline: {exc}") from exc
+            if entry.check is not None:
+                try:
+                    entry.check(rule.params)
+                except PipelineError as exc:
+                    raise ConfigError(f"{source}: rules[{i}].params ({rule.name}): {exc}") from exc
     return settings
 
 

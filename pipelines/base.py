@@ -195,6 +195,8 @@ class Pipeline(Protocol):
 
 PipelineFactory = Callable[[Mapping[str, ParamValue]], Pipeline]
 CommandMain = Callable[[Sequence[str]], int]
+#: Validates a rule's parameters without building the pipeline (raises PipelineError).
+ParamCheck = Callable[[Mapping[str, ParamValue]], None]
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,10 @@ class PipelineEntry:
 
     ``train`` and ``evaluate`` take the command-line arguments after
     ``radnode train NAME`` / ``radnode evaluate NAME`` and return an exit code.
+    ``check`` validates a rule's parameters, and verifies the weights they
+    name against their pinned hash, without building the pipeline: settings
+    validation runs it at start-up, so a wrong parameter stops the node
+    before a series is received rather than failing its job.
     """
 
     name: str
@@ -211,6 +217,7 @@ class PipelineEntry:
     summary: str
     train: CommandMain | None = None
     evaluate: CommandMain | None = None
+    check: ParamCheck | None = None
 
 
 class Registry:

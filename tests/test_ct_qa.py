@@ -10,8 +10,9 @@ from pipelines import qa
 from pipelines.base import Volume
 from pipelines.ct_denoise import entry
 from pipelines.ct_denoise.classical import nlm_denoise
+from pipelines.ct_denoise.params import parse_params
 from pipelines.ct_denoise.phantoms import body_slice
-from pipelines.ct_denoise.pipeline import CTDenoisePipeline, parse_params
+from pipelines.ct_denoise.pipeline import CTDenoisePipeline
 from pipelines.ct_denoise.simulate import ParallelBeamProjector, simulate_pair
 from pipelines.qa import (
     Placement,

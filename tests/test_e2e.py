@@ -109,12 +109,25 @@ def test_ct_series_is_enhanced_and_delivered_to_the_source_study(
     assert 'radnode_deliveries{state="sent"} 4' in metrics
 
 
-def test_bad_config_stops_start_up_naming_key_and_value(tmp_path: Path) -> None:
+_PACS = '[[destinations]]\nname = "pacs"\nae_title = "X"\nhost = "127.0.0.1"\nport = 4242\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[node]\nport = 70000\n\n" + _PACS, "node.port = 70000"),
+        (
+            _PACS + '\n[[rules]]\nname = "ct"\npipeline = "ct-denoise"\ndestinations = ["pacs"]\n'
+            'match = {Modality = "CT"}\nparams = {method = "modle"}\n',
+            "rules[0].params (ct): Unknown ct-denoise method 'modle'",
+        ),
+    ],
+)
+def test_bad_config_stops_start_up_naming_key_and_value(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     config = tmp_path / "settings.toml"
-    config.write_text(
-        '[node]\nport = 70000\n\n[[destinations]]\nname = "pacs"\nae_title = "X"\n'
-        'host = "127.0.0.1"\nport = 4242\n'
-    )
+    config.write_text(text)
     proc = subprocess.run(
         [sys.executable, "-m", "node", "serve", "--config", str(config)],
         capture_output=True,
@@ -123,7 +136,7 @@ def test_bad_config_stops_start_up_naming_key_and_value(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2
-    assert "node.port = 70000" in proc.stderr
+    assert expected in proc.stderr
 
 
 def test_jpeg2000_series_is_decoded_processed_and_delivered(

@@ -108,6 +108,19 @@ def test_match_forms_are_typed() -> None:
         ),
         (lambda d: d["rules"][0].update(output="jpeg"), "rules[0].output = 'jpeg'"),
         (
+            lambda d: d["rules"][0].update(params={"methd": "model"}),
+            "rules[0].params (ct): Unknown ct-denoise parameter 'methd'; known: method, weights, "
+            "weights_sha256, device, backend, batch_size. Did you mean 'method'?",
+        ),
+        (
+            lambda d: d["rules"][0].update(params={"batch_size": 0}),
+            "rules[0].params (ct): ct-denoise batch_size must be at least 1. Found 0.",
+        ),
+        (
+            lambda d: d["rules"][0].update(pipeline="mr-accel", params={"phase_coverage": 2}),
+            "rules[0].params (ct): mr-accel: 'phase_coverage'",
+        ),
+        (
             lambda d: d.update(node={"uid_root": "1.2.x."}),
             "node.uid_root = '1.2.x.': '1.2.x.' is not a UID root",
         ),
@@ -139,3 +152,27 @@ def test_relative_paths_follow_the_settings_file(tmp_path: Path) -> None:
     settings = load_settings(cfg)
     assert settings.node.data_dir == cfg.parent / "state"
     assert settings.node.database_url == f"sqlite:///{cfg.parent / 'state' / 'r.db'}"
+
+
+def test_weights_a_rule_names_are_verified_at_start_up(tmp_path: Path) -> None:
+    weights = tmp_path / "site-model.pt"
+    weights.write_bytes(b"not the pinned file")
+    pinned = "0" * 64
+
+    def site_weights(d: dict[str, Any]) -> None:
+        d["rules"][0]["params"] = {"weights": str(weights), "weights_sha256": pinned}
+
+    message = error_for(site_weights)
+    assert "rules[0].params (ct):" in message
+    assert f"expected {pinned}; refusing to load it" in message
+
+    def missing(d: dict[str, Any]) -> None:
+        d["rules"][0]["params"] = {"weights": str(tmp_path / "gone.pt"), "weights_sha256": pinned}
+
+    assert "gone.pt' does not exist" in error_for(missing)
+    # The classical method loads no weights: nothing to verify.
+    data = copy.deepcopy(BASE)
+    data["rules"][0]["params"] = {"method": "classical"}
+    assert parse_settings(data, registry=default_registry()).rules[0].params == {
+        "method": "classical"
+    }

@@ -15,6 +15,12 @@ def _factory(params: Mapping[str, ParamValue]) -> Pipeline:
     return build_pipeline(params)
 
 
+def _check(params: Mapping[str, ParamValue]) -> None:
+    from pipelines.ct_denoise.params import check_params
+
+    check_params(params)
+
+
 def _train(argv: Sequence[str]) -> int:
     from pipelines.ct_denoise.train import main
 
@@ -43,4 +49,5 @@ def entry() -> PipelineEntry:
         ),
         train=_train,
         evaluate=_evaluate,
+        check=_check,
     )

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipelines.backend import Network, load_backend, resolve_device
 from pipelines.base import FloatArray, MethodKind, ModelInfo, verify_weights
-from pipelines.ct_denoise.pipeline import CTDenoiseParams
+from pipelines.ct_denoise.params import CTDenoiseParams
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,16 @@ def create(params: Mapping[str, ParamValue]) -> Pipeline:
     return MRAccelPipeline(MRAccelConfig.from_params(params))
 
 
+def check(params: Mapping[str, ParamValue]) -> None:
+    """Validate a rule's parameters and verify the weights the model method would load."""
+    from pipelines.base import verify_weights
+    from pipelines.mr_accel.config import MRAccelConfig
+
+    config = MRAccelConfig.from_params(params)
+    if config.method == "model":
+        verify_weights(config.weights, config.weights_sha256)
+
+
 def _train(argv: Sequence[str]) -> int:
     from pipelines.mr_accel.train import main
 
@@ -49,4 +59,5 @@ def entry() -> PipelineEntry:
         ),
         train=_train,
         evaluate=_evaluate,
+        check=check,
     )
