@@ -83,13 +83,14 @@ def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) 
                 results[name].append(slices / send(peer.port, folder, aec))
             finally:
                 peer.stop()
-        # radnode: a long quiet period so no processing overlaps the receive.
+        # radnode: a long quiet period so no processing overlaps the receive,
+        # and no pipeline built ahead of it either.
         pacs = start_orthanc(out / f"pacs-{r}")
         port, http_port = free_port(), free_port()
         workdir = out / f"radnode-{r}"
         workdir.mkdir(parents=True)
         node = start_node(
-            write_ct_node_settings(workdir, port, http_port, pacs, 3600),
+            write_ct_node_settings(workdir, port, http_port, pacs, 3600, warm_up=False),
             workdir / "node.log",
             port,
             http_port,

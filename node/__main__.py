@@ -6,6 +6,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ class Node:
     api: ApiServer | None
     ingest: Ingest
     retention: Retention
+    pipelines: PipelineCache
 
     def start(self) -> None:
         """Recover what a previous process left, then start serving."""
@@ -86,9 +88,32 @@ class Node:
             )
         self.scheduler.start()
         self.workers.start()
+        if self.settings.node.warm_up and self.settings.node.workers and self.settings.rules:
+            logger.info(
+                "building the pipelines of %d rule(s) ahead of their first jobs",
+                len(self.settings.rules),
+            )
+            threading.Thread(target=self._warm_up, name="pipeline-warm-up", daemon=True).start()
         self.scp.start()
         if self.api is not None:
             self.api.start()
+
+    def _warm_up(self) -> None:
+        """Build every rule's pipeline now, so the first job does not wait for it.
+
+        The first build in a process imports torch, MONAI and the runtime
+        and converts the network (seconds). A rule whose pipeline cannot be
+        built is logged here and fails its jobs as before.
+        """
+        for rule in self.settings.rules:
+            started = time.perf_counter()
+            try:
+                self.pipelines.get(rule.name)
+            except Exception:  # its jobs will fail and say why in the audit log too
+                logger.exception("pipeline of rule %r cannot be built", rule.name)
+                continue
+            seconds = time.perf_counter() - started
+            logger.info("pipeline of rule %r ready (%.1f s)", rule.name, seconds)
 
     def _written_folders(self) -> Iterator[Path]:
         """Every folder the node writes files into atomically (spool, outputs, keys, journal)."""
@@ -147,12 +172,13 @@ def build_node(settings: Settings) -> Node:
     queue = JobQueue(db, settings.jobs)
     owner = worker_identity()
     dispatcher = Dispatcher(db, settings, data_dir)
+    pipelines = PipelineCache(registry, settings)
     processor = Processor(
         db,
         settings,
         spool,
         queue,
-        PipelineCache(registry, settings),
+        pipelines,
         data_dir / "outputs",
         signer,
     )
@@ -193,7 +219,7 @@ def build_node(settings: Settings) -> Node:
         if settings.node.http_port
         else None
     )
-    return Node(settings, db, scp, workers, scheduler, api, ingest, retention)
+    return Node(settings, db, scp, workers, scheduler, api, ingest, retention, pipelines)
 
 
 def serve(settings: Settings) -> int:

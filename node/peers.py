@@ -239,9 +239,18 @@ def node_settings_toml(
 
 
 def write_ct_node_settings(
-    workdir: Path, port: int, http_port: int, pacs: Orthanc, quiet_seconds: float
+    workdir: Path,
+    port: int,
+    http_port: int,
+    pacs: Orthanc,
+    quiet_seconds: float,
+    warm_up: bool = True,
 ) -> Path:
-    """settings.toml for a node sending ct-denoise outputs of CT series to ``pacs``."""
+    """settings.toml for a node sending ct-denoise outputs of CT series to ``pacs``.
+
+    ``warm_up = False`` leaves the pipeline to be built at the first job
+    (a receive benchmark must not share the cores with its build).
+    """
     config = workdir / "settings.toml"
     config.write_text(
         node_settings_toml(
@@ -258,6 +267,7 @@ def write_ct_node_settings(
                 }
             ],
             quiet_seconds=quiet_seconds,
+            extra_node={"warm_up": warm_up},
         )
     )
     return config

@@ -69,6 +69,8 @@ class NodeSettings(_Strict):
     database_url: str = "sqlite:///var/radnode.db"
     allowed_calling_ae: list[str] = Field(default_factory=list)
     workers: Annotated[int, Field(ge=0, le=64)] = 1
+    #: Build every rule's pipeline at start-up instead of at its first job.
+    warm_up: bool = True
     content_qualification: Literal["RESEARCH", "PRODUCT"] = "RESEARCH"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8480
     # The API is unauthenticated and /audit returns patient IDs: loopback

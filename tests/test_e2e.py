@@ -166,3 +166,25 @@ def test_jpeg2000_series_is_decoded_processed_and_delivered(
     out = dcmread(orthanc.instance_file(found["Instances"][0]))
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert out.pixel_array.shape == (512, 512)
+
+
+def test_pipelines_are_built_at_start_up_not_at_the_first_job(
+    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
+) -> None:
+    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+    node_runner.start()
+    building = "building the pipelines of 1 rule(s) ahead of their first jobs"
+    ready = "pipeline of rule 'low-dose-ct' ready"
+    wait_until(lambda: ready in node_runner.log_text(), 120, "the pipeline built")
+    assert building in node_runner.log_text()
+    assert node_runner.http("/jobs") == []
+    node_runner.stop()
+    # A node with no workers (receive only) or warm_up = false builds nothing
+    # ahead (the message above is logged before the node answers, or never).
+    for extra in ({"workers": 0}, {"warm_up": False}):
+        node_runner.configure([pacs_destination(orthanc)], [ct_rule()], extra_node=extra)
+        node_runner.start()
+        echoed = run_tool(["echoscu", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)])
+        assert echoed.returncode == 0, echoed.stderr
+        node_runner.stop()
+        assert node_runner.log_text().count(building) == 1
