@@ -69,4 +69,13 @@ def test_evaluate_quick_writes_report_and_json(tmp_path: Path) -> None:
         assert row["noise_sd_low_dose_hu"] > 0
         assert {"psnr_soft_low_dose", "psnr_soft_model"} <= set(row)
     assert "Each real slice" in report
+    # Normal-dose inputs: the simulated mean and each real slice as scanned.
+    normal = metrics["normal_dose_input"]
+    assert list(normal) == ["simulated (mean)", *metrics["real_slices"]]
+    for name, row in normal.items():
+        assert row["noise_sd_hu"] > 0 and row["change_rms_hu"] >= 0
+        if name in metrics["real_slices"]:  # the simulated row holds means of ratios
+            ratio = row["change_rms_hu"] / row["noise_sd_hu"]
+            assert row["change_over_noise"] == pytest.approx(ratio)
+    assert "### Normal-dose input" in report
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())

@@ -180,6 +180,32 @@ def write_report(
                 ],
             ),
         ]
+    normal_dose = metrics.get("normal_dose_input") or {}
+    if normal_dose:
+        lines += [
+            "",
+            "### Normal-dose input",
+            "",
+            "The model on inputs that need nothing: the held-out simulated slices at normal "
+            "dose and the real slices as scanned. Change = output − input in the body's soft "
+            f"tissue ({SOFT_TISSUE.label()} HU). The network is conditioned on the noise it "
+            "measures, so an input as noisy as a low-dose scan is denoised like one, whatever "
+            "its dose.",
+            "",
+            markdown_table(
+                ["input", "noise HU", "change RMS HU", "change / noise", "mean change HU"],
+                [
+                    [
+                        name,
+                        row["noise_sd_hu"],
+                        row["change_rms_hu"],
+                        row["change_over_noise"],
+                        row["change_mean_hu"],
+                    ]
+                    for name, row in normal_dose.items()
+                ],
+            ),
+        ]
     for tag, imgs in examples.items():
         name = f"crops_{tag}.png"
         plot_crops(
