@@ -37,6 +37,17 @@ def test_evaluate_quick_writes_report_and_metrics(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert "PSNR" in report and "crops_simulated.png" in report
     assert list(tmp_path.glob("*.png"))
+    # Every reference also went through mr-accel unaccelerated, and is reported.
+    fully = metrics["fully_sampled_input"]
+    assert set(fully) == {"simulated", "real"}
+    assert set(metrics["fully_sampled_per_case"]) == set(metrics["per_case"])
+    for row in metrics["fully_sampled_per_case"].values():
+        if row["qa_passed"]:
+            assert {"psnr", "ssim", "nrmse", "change_rms_pct"} <= set(row)
+            assert row["change_rms_pct"] >= 0
+        else:  # flagged: sent unchanged, nothing else to report
+            assert row == {"qa_passed": 0.0}
+    assert "## Fully sampled input" in report
 
 
 @pytest.mark.slow

@@ -86,6 +86,31 @@ def write_report(
             + " outputs (a flagged slice is scored as the input it passes through).",
             "",
         ]
+    fully = metrics.get("fully_sampled_input") or {}
+    if fully:
+        per_case = metrics["fully_sampled_per_case"]
+        lines += [
+            "## Fully sampled input",
+            "",
+            "mr-accel (acceleration unknown) on each fully sampled reference itself: how far "
+            "its output moves from an input that needs nothing (PSNR, SSIM and NRMSE of the "
+            "output against that input; RMS change in % of its 99.5th percentile). A slice "
+            "the QA gate flags goes out unchanged; means are over the slices it passed.",
+            "",
+            "| input | QA passed | PSNR dB | SSIM | NRMSE | RMS change % |",
+            "|---|---|---|---|---|---|",
+        ]
+        rows = [(f"{d} (mean of {len(v['cases'])})", v["mean"]) for d, v in fully.items()]
+        rows += [(n, r) for n, r in per_case.items() if not n.startswith("sim-")]
+        for name, r in rows:
+            if "psnr" not in r:
+                lines.append(f"| {name} | 0 % | flagged: sent unchanged | | | |")
+                continue
+            lines.append(
+                f"| {name} | {100 * r['qa_passed']:.0f} % | {r['psnr']:.2f} | {r['ssim']:.3f} "
+                f"| {r['nrmse']:.3f} | {r['change_rms_pct']:.2f} |"
+            )
+        lines.append("")
     lines += ["## Figures", ""]
     for title, name in figures:
         lines += [f"**{title}**", "", f"![{title}]({name})", ""]
