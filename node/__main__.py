@@ -108,7 +108,11 @@ class Node:
         for rule in self.settings.rules:
             started = time.perf_counter()
             try:
-                self.pipelines.get(rule.name)
+                pipeline, lock = self.pipelines.get(rule.name)
+                prepare = getattr(pipeline, "prepare", None)
+                if callable(prepare):
+                    with lock:  # as a job would hold it: no load twice
+                        prepare()
             except Exception:  # its jobs will fail and say why in the audit log too
                 logger.exception("pipeline of rule %r cannot be built", rule.name)
                 continue

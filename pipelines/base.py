@@ -179,7 +179,12 @@ class Result:
 
 @runtime_checkable
 class Pipeline(Protocol):
-    """An image-to-image enhancement of one series."""
+    """An image-to-image enhancement of one series.
+
+    A pipeline that loads anything lazily may also offer ``prepare()``,
+    which loads it at once: the node calls it when it builds its pipelines
+    at start-up, so the first series does not wait.
+    """
 
     name: str
     modalities: tuple[str, ...]

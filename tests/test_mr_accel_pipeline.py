@@ -95,6 +95,22 @@ def test_classical_method_is_labelled_classical() -> None:
     assert result.derivation == SMOOTHING
 
 
+def test_prepare_loads_the_network_ahead_of_the_first_run() -> None:
+    from pipelines.mr_accel.pipeline import MRAccelPipeline
+
+    pipe = create({})
+    classical = create({"method": "classical"})
+    assert isinstance(pipe, MRAccelPipeline) and isinstance(classical, MRAccelPipeline)
+    assert pipe._net is None  # lazily loaded
+    pipe.prepare()
+    loaded = pipe._net
+    assert loaded is not None
+    pipe.run(_accelerated_volume())
+    assert pipe._net is loaded  # the run used it, nothing loaded twice
+    classical.prepare()  # nothing to load for the classical method
+    assert classical._net is None
+
+
 def test_deterministic() -> None:
     vol = _accelerated_volume()
     a = create({"phase_coverage": 0.5}).run(vol).volume.voxels

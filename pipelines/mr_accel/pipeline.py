@@ -150,6 +150,11 @@ class MRAccelPipeline:
         """Where the network runs (``"cpu"`` until :meth:`network` has loaded it)."""
         return self._device
 
+    def prepare(self) -> None:
+        """Load the network now rather than at the first run (the node's warm-up)."""
+        if self.config.method == "model":
+            self.network()
+
     def network(self) -> Network:
         """The network on its backend, loaded on first use."""
         if self._net is None:
