@@ -342,8 +342,12 @@ class Settings(_Strict):
                 return rule
         raise ConfigError(unknown_option_message("rule", name, [r.name for r in self.rules]))
 
-    def resolve_paths(self, base: Path) -> Settings:
-        """Make relative paths (data_dir, SQLite file, keys, certificates) relative to ``base``."""
+    def resolve_paths(self, base: Path, registry: Registry | None = None) -> Settings:
+        """Make relative paths relative to ``base``.
+
+        data_dir, the SQLite file, keys, certificates, folder destinations,
+        and with a ``registry`` the rules' path parameters (site weights).
+        """
         node = self.node
         data_dir = node.data_dir if node.data_dir.is_absolute() else base / node.data_dir
         url = node.database_url
@@ -380,10 +384,30 @@ class Settings(_Strict):
             else d.model_copy(update={"path": _under(base, d.path)})
             for d in self.destinations
         ]
-        return self.model_copy(update={"node": new_node, "destinations": destinations})
+        rules = [
+            rule.model_copy(update={"params": _params_under(base, rule, registry)})
+            for rule in self.rules
+        ]
+        return self.model_copy(
+            update={"node": new_node, "destinations": destinations, "rules": rules}
+        )
 
 
 _KEYED = re.compile(r"^[\w.\[\]]+ = ")
+
+
+def _params_under(
+    base: Path, rule: Rule, registry: Registry | None
+) -> dict[str, str | int | float | bool]:
+    """A rule's params with its pipeline's relative path parameters made relative to ``base``."""
+    params = dict(rule.params)
+    if registry is None or rule.pipeline not in registry.names():
+        return params
+    for key in registry.entry(rule.pipeline).path_params:
+        value = params.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            params[key] = str(base / value)
+    return params
 
 
 def _under(base: Path, path: Path | None) -> Any:
@@ -427,7 +451,10 @@ def _lookup(data: Any, loc: Sequence[int | str]) -> object:
 
 
 def parse_settings(
-    data: dict[str, Any], source: str = "settings.toml", registry: Registry | None = None
+    data: dict[str, Any],
+    source: str = "settings.toml",
+    registry: Registry | None = None,
+    base: Path | None = None,
 ) -> Settings:
     """Validate a settings mapping into :class:`Settings`.
 
@@ -438,7 +465,12 @@ def parse_settings(
     source
         Name used in error messages.
     registry
-        When given, each rule's pipeline must be registered in it.
+        When given, each rule's pipeline must be registered in it, and its
+        parameters pass the pipeline's check (weights verified on a node
+        that runs pipelines, i.e. with workers).
+    base
+        When given, relative paths are resolved against it (see
+        :meth:`Settings.resolve_paths`) before the checks.
 
     Raises
     ------
@@ -464,6 +496,8 @@ def parse_settings(
                 problems.append(f"{source}: {key} = {_lookup(data, loc)!r}: {msg}")
         # One message per distinct problem, first the most specific.
         raise ConfigError("\n".join(dict.fromkeys(problems))) from None
+    if base is not None:
+        settings = settings.resolve_paths(base, registry)
     if registry is not None:
         known = registry.names()
         for i, rule in enumerate(settings.rules):
@@ -478,7 +512,7 @@ def parse_settings(
                 raise ConfigError(f"{source}: rules[{i}].pipeline: {exc}") from exc
             if entry.check is not None:
                 try:
-                    entry.check(rule.params)
+                    entry.check(rule.params, settings.node.workers > 0)
                 except PipelineError as exc:
                     raise ConfigError(f"{source}: rules[{i}].params ({rule.name}): {exc}") from exc
     return settings
@@ -506,5 +540,4 @@ def load_settings(path: Path, registry: Registry | None = None) -> Settings:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
-    settings = parse_settings(data, source=path.name, registry=registry)
-    return settings.resolve_paths(path.resolve().parent)
+    return parse_settings(data, source=path.name, registry=registry, base=path.resolve().parent)

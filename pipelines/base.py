@@ -200,8 +200,9 @@ class Pipeline(Protocol):
 
 PipelineFactory = Callable[[Mapping[str, ParamValue]], Pipeline]
 CommandMain = Callable[[Sequence[str]], int]
-#: Validates a rule's parameters without building the pipeline (raises PipelineError).
-ParamCheck = Callable[[Mapping[str, ParamValue]], None]
+#: Validates a rule's parameters without building the pipeline (raises
+#: PipelineError); the flag says whether to verify the weights they name too.
+ParamCheck = Callable[[Mapping[str, ParamValue], bool], None]
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,11 @@ class PipelineEntry:
     ``train`` and ``evaluate`` take the command-line arguments after
     ``radnode train NAME`` / ``radnode evaluate NAME`` and return an exit code.
     ``check`` validates a rule's parameters, and verifies the weights they
-    name against their pinned hash, without building the pipeline: settings
-    validation runs it at start-up, so a wrong parameter stops the node
-    before a series is received rather than failing its job.
+    name against their pinned hash when asked, without building the pipeline:
+    settings validation runs it at start-up, so a wrong parameter stops the
+    node before a series is received rather than failing its job.
+    ``path_params`` are the parameters that hold file paths; relative ones
+    are taken relative to the settings file, like every path in it.
     """
 
     name: str
@@ -223,6 +226,7 @@ class PipelineEntry:
     train: CommandMain | None = None
     evaluate: CommandMain | None = None
     check: ParamCheck | None = None
+    path_params: tuple[str, ...] = ()
 
 
 class Registry:

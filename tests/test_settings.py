@@ -176,3 +176,44 @@ def test_weights_a_rule_names_are_verified_at_start_up(tmp_path: Path) -> None:
     assert parse_settings(data, registry=default_registry()).rules[0].params == {
         "method": "classical"
     }
+
+
+def test_site_weights_are_found_beside_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.base import sha256_file
+    from pipelines.ct_denoise.inference import shipped_weights
+
+    site = tmp_path / "site"
+    (site / "models").mkdir(parents=True)
+    weights = site / "models" / "ct.pt"
+    weights.write_bytes(shipped_weights()[0].read_bytes())
+    cfg = site / "settings.toml"
+    cfg.write_text(
+        '[[destinations]]\nname = "pacs"\nae_title = "X"\nhost = "127.0.0.1"\nport = 4242\n\n'
+        '[[rules]]\nname = "ct"\npipeline = "ct-denoise"\ndestinations = ["pacs"]\n'
+        'match = {Modality = "CT"}\n'
+        f'params = {{weights = "models/ct.pt", weights_sha256 = "{sha256_file(weights)}"}}\n'
+    )
+    monkeypatch.chdir(tmp_path)  # not the settings file's folder
+    settings = load_settings(cfg, default_registry())
+    assert settings.rules[0].params["weights"] == str(weights)
+
+
+def test_a_receive_only_node_does_not_need_the_weights(tmp_path: Path) -> None:
+    data = copy.deepcopy(BASE)
+    data["rules"][0]["params"] = {
+        "weights": str(tmp_path / "elsewhere.pt"),
+        "weights_sha256": "0" * 64,
+    }
+    data["node"] = {"workers": 0}
+    # No pipeline runs here: the weights are another replica's business ...
+    assert parse_settings(data, registry=default_registry()).node.workers == 0
+    # ... but the parameters are still checked.
+    data["rules"][0]["params"]["batch_size"] = 0
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        parse_settings(data, registry=default_registry())
+    data["node"] = {"workers": 1}
+    del data["rules"][0]["params"]["batch_size"]
+    with pytest.raises(ConfigError, match=r"elsewhere\.pt' does not exist"):
+        parse_settings(data, registry=default_registry())

@@ -15,10 +15,10 @@ def _factory(params: Mapping[str, ParamValue]) -> Pipeline:
     return build_pipeline(params)
 
 
-def _check(params: Mapping[str, ParamValue]) -> None:
+def _check(params: Mapping[str, ParamValue], weights: bool) -> None:
     from pipelines.ct_denoise.params import check_params
 
-    check_params(params)
+    check_params(params, weights)
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -50,4 +50,5 @@ def entry() -> PipelineEntry:
         train=_train,
         evaluate=_evaluate,
         check=_check,
+        path_params=("weights",),
     )

@@ -108,8 +108,8 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
-def check_params(params: Mapping[str, ParamValue]) -> None:
-    """Validate rule parameters and verify the weights the model method would load.
+def check_params(params: Mapping[str, ParamValue], weights: bool = True) -> None:
+    """Validate rule parameters; with ``weights``, verify those the model method would load.
 
     Raises
     ------
@@ -118,7 +118,7 @@ def check_params(params: Mapping[str, ParamValue]) -> None:
         weights file is missing or its SHA-256 is not the pinned one.
     """
     parsed = parse_params(params)
-    if parsed.method != "model":
+    if not weights or parsed.method != "model":
         return
     from pipelines.ct_denoise.inference import shipped_weights
 

@@ -25,13 +25,13 @@ def create(params: Mapping[str, ParamValue]) -> Pipeline:
     return MRAccelPipeline(MRAccelConfig.from_params(params))
 
 
-def check(params: Mapping[str, ParamValue]) -> None:
-    """Validate a rule's parameters and verify the weights the model method would load."""
+def _check(params: Mapping[str, ParamValue], weights: bool) -> None:
+    """Validate a rule's parameters; with ``weights``, verify those the model would load."""
     from pipelines.base import verify_weights
     from pipelines.mr_accel.config import MRAccelConfig
 
     config = MRAccelConfig.from_params(params)
-    if config.method == "model":
+    if weights and config.method == "model":
         verify_weights(config.weights, config.weights_sha256)
 
 
@@ -59,5 +59,6 @@ def entry() -> PipelineEntry:
         ),
         train=_train,
         evaluate=_evaluate,
-        check=check,
+        check=_check,
+        path_params=("weights",),
     )
