@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -62,6 +62,8 @@ class Node:
     ingest: Ingest
     retention: Retention
     pipelines: PipelineCache
+    #: Set when the node stops: a warm-up still running builds nothing more.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         """Recover what a previous process left, then start serving."""
@@ -106,6 +108,8 @@ class Node:
         built is logged here and fails its jobs as before.
         """
         for rule in self.settings.rules:
+            if self.stopping.is_set():
+                return
             started = time.perf_counter()
             try:
                 pipeline, lock = self.pipelines.get(rule.name)
@@ -129,6 +133,7 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let work in progress finish, and record the stop."""
+        self.stopping.set()
         self.scp.stop()
         self.scp.journal.close()
         if self.api is not None:

@@ -40,16 +40,27 @@ class PipelineCache:
         self.registry = registry
         self.settings = settings
         self._pipelines: dict[str, tuple[Pipeline, threading.Lock]] = {}
+        self._builds: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, rule_name: str) -> tuple[Pipeline, threading.Lock]:
-        """The pipeline of ``rule_name``, built on first use."""
+        """The pipeline of ``rule_name``, built on first use.
+
+        A build (seconds) holds only its own rule's build lock: jobs of
+        other rules, and :meth:`discard`, do not wait for it.
+        """
         with self._lock:
-            if rule_name not in self._pipelines:
-                rule = self.settings.rule(rule_name)
-                pipeline = self.registry.create(rule.pipeline, rule.params)
-                self._pipelines[rule_name] = (pipeline, threading.Lock())
-            return self._pipelines[rule_name]
+            build = self._builds.setdefault(rule_name, threading.Lock())
+        with build:
+            with self._lock:
+                found = self._pipelines.get(rule_name)
+            if found is not None:
+                return found
+            rule = self.settings.rule(rule_name)
+            built = (self.registry.create(rule.pipeline, rule.params), threading.Lock())
+            with self._lock:
+                self._pipelines[rule_name] = built
+            return built
 
     def discard(self, rule_name: str) -> None:
         """Forget the pipeline of ``rule_name``; the next job builds a new one.

@@ -8,6 +8,7 @@ a crash of the process or of the machine.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import time
@@ -16,9 +17,13 @@ from pathlib import Path
 
 from node.errors import StorageError
 
+logger = logging.getLogger(__name__)
+
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: Numbers this process's temporary files (``next`` is atomic in CPython).
 _TEMPORARY = itertools.count()
+#: What :func:`_create_temporary` names them: ``.<name>.<pid>-<n>.tmp``.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[0-9]+-[0-9]+\.tmp$")
 
 
 def check_uid(value: str, what: str) -> str:
@@ -114,12 +119,16 @@ def remove_stale_temporaries(
     cutoff = time.time() - max_age
     for folder in folders:
         for path in folder.glob(".*.tmp"):
+            if not _TEMPORARY_NAME.match(path.name):
+                continue
             try:
                 if path.is_file() and path.stat().st_mtime < cutoff:
                     path.unlink()
                     removed += 1
             except FileNotFoundError:  # removed meanwhile by another replica
                 continue
+            except OSError as exc:  # left for the next start; nothing depends on it
+                logger.warning("cannot remove temporary file %s: %s", path.name, exc.strerror)
     return removed
 
 

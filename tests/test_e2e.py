@@ -188,3 +188,4 @@ def test_pipelines_are_built_at_start_up_not_at_the_first_job(
         assert echoed.returncode == 0, echoed.stderr
         node_runner.stop()
         assert node_runner.log_text().count(building) == 1
+        assert node_runner.log_text().count(ready) == 1

@@ -62,11 +62,13 @@ def test_stale_temporaries_are_removed_and_young_ones_kept(tmp_path: Path) -> No
         path.write_bytes(b"cut off")
     an_hour_ago = time.time() - spool.STALE_TEMPORARY_SECONDS - 60
     os.utime(stale, (an_hour_ago, an_hour_ago))
-    # Only files written by write_atomic's naming are touched.
-    other = folder / "notes.tmp"
-    other.write_bytes(b"not ours")
-    os.utime(other, (an_hour_ago, an_hour_ago))
+    # Only files named as write_atomic names its temporaries are touched.
+    others = [folder / "notes.tmp", folder / ".notes.tmp", folder / ".1.2.6.dcm.tmp"]
+    for other in others:
+        other.write_bytes(b"not ours")
+        os.utime(other, (an_hour_ago, an_hour_ago))
+    kept = ["1.2.3.dcm", *(o.name for o in others)]
     assert spool.remove_stale_temporaries([folder, tmp_path / "missing"]) == 1
-    assert sorted(os.listdir(folder)) == sorted(["1.2.3.dcm", young.name, other.name])
+    assert sorted(os.listdir(folder)) == sorted([*kept, young.name])
     assert spool.remove_stale_temporaries([folder], max_age=0.0) == 1
-    assert sorted(os.listdir(folder)) == sorted(["1.2.3.dcm", other.name])
+    assert sorted(os.listdir(folder)) == sorted(kept)

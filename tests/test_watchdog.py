@@ -137,3 +137,58 @@ def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> N
 
 def _running(name: str) -> bool:
     return any(thread.name == name for thread in threading.enumerate())
+
+
+class SlowBuild:
+    """A pipeline whose build waits until ``finish`` is set."""
+
+    name = "slow"
+    modalities: tuple[str, ...] = ("CT",)
+    started = threading.Event()
+    finish = threading.Event()
+
+    def __init__(self) -> None:
+        SlowBuild.started.set()
+        SlowBuild.finish.wait(30)
+
+    def model_info(self) -> ModelInfo:
+        raise NotImplementedError
+
+    def run(self, volume: Volume) -> Result:
+        raise NotImplementedError
+
+
+def test_a_slow_build_holds_up_only_its_own_rule(tmp_path: Path) -> None:
+    registry = Registry()
+    registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
+    registry.register(PipelineEntry("slow", lambda params: SlowBuild(), ("CT",), "slow build"))
+    settings = parse_settings(
+        {
+            "node": {"data_dir": str(tmp_path)},
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
+            ],
+            "rules": [
+                {"name": "fast", "pipeline": "hangs", "destinations": ["pacs"], "match": {}},
+                {"name": "slow", "pipeline": "slow", "destinations": ["pacs"], "match": {}},
+            ],
+        },
+        registry=registry,
+    )
+    cache = PipelineCache(registry, settings)
+    fast = cache.get("fast")
+    results: list[object] = []
+    builder = threading.Thread(target=lambda: results.append(cache.get("slow")))
+    builder.start()
+    try:
+        assert SlowBuild.started.wait(10)
+        # While "slow" builds, the built rule is served and can be discarded.
+        assert cache.get("fast") is fast
+        cache.discard("fast")
+        assert cache.get("fast") is not fast
+        assert builder.is_alive()
+    finally:
+        SlowBuild.finish.set()
+        builder.join(10)
+    # Later callers of the slow rule get that one build.
+    assert len(results) == 1 and cache.get("slow") is results[0]

@@ -111,12 +111,12 @@ def normal_dose_change(before: FloatArray, after: FloatArray) -> dict[str, float
 
     ``noise_sd_hu`` is the input's noise as the pipeline estimates it;
     ``change_rms_hu`` and ``change_mean_hu`` are taken over the body's soft
-    tissue ([-160, 240] HU in the input), ``change_over_noise`` is their
+    tissue (:data:`SOFT_TISSUE` in the input), ``change_over_noise`` is their
     ratio of RMS change to noise.
     """
     from pipelines.qa import estimate_noise_sd
 
-    soft = body_mask(before) & (before > -160) & (before < 240)
+    soft = body_mask(before) & (before > SOFT_TISSUE.low) & (before < SOFT_TISSUE.high)
     diff = (after - before)[soft].astype(np.float64)
     noise = estimate_noise_sd(before)
     rms = float(np.sqrt(np.mean(diff * diff))) if diff.size else 0.0
