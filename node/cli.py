@@ -40,6 +40,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(_settings(args.config))
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Validate the settings as ``serve`` would, without starting anything."""
+    path = config_path(args.config)
+    settings = _settings(args.config)
+    rules = ", ".join(f"{r.name} ({r.pipeline})" for r in settings.rules) or "none"
+    print(
+        f"{path}: valid. {len(settings.destinations)} destination(s); rules: {rules}; "
+        f"data in {settings.node.data_dir}"
+    )
+    return 0
+
+
 @contextmanager
 def _index(settings: Settings) -> Iterator[Database]:
     """The node's index for a command, closed afterwards."""
@@ -183,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser(
+        "check",
+        help="validate the settings as serve would (keys, rules, pipeline parameters, "
+        "weights hashes) and exit",
+    )
+    check.add_argument(
+        "--config", help="settings file (default $RADNODE_CONFIG or ./settings.toml)"
+    )
+    check.set_defaults(func=_cmd_check)
 
     aud = sub.add_parser("audit", help="query the audit log, or verify its hash chain")
     aud.add_argument("action", nargs="?", choices=["verify"], help="verify the hash chain")

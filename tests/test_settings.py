@@ -217,3 +217,27 @@ def test_a_receive_only_node_does_not_need_the_weights(tmp_path: Path) -> None:
     del data["rules"][0]["params"]["batch_size"]
     with pytest.raises(ConfigError, match=r"elsewhere\.pt' does not exist"):
         parse_settings(data, registry=default_registry())
+
+
+def test_check_command_validates_without_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    assert main(["check", "--config", "settings.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "settings.toml: valid" in out and "low-dose-ct (ct-denoise)" in out
+    bad = tmp_path / "site.toml"
+    bad.write_text(
+        '[[destinations]]\nname = "pacs"\nae_title = "X"\nhost = "127.0.0.1"\nport = 4242\n\n'
+        '[[rules]]\nname = "ct"\npipeline = "ct-denoise"\ndestinations = ["pacs"]\n'
+        'match = {Modality = "CT"}\nparams = {batch_size = 0}\n'
+    )
+    assert main(["check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "site.toml: rules[0].params (ct): ct-denoise batch_size must be at least 1" in err
+    # A valid file is only read: no data folder, index or keys appear beside it.
+    bad.write_text(bad.read_text().replace("params = {batch_size = 0}", ""))
+    assert main(["check", "--config", str(bad)]) == 0
+    assert f"data in {tmp_path / 'var'}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.toml"]
