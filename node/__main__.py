@@ -118,7 +118,7 @@ class Node:
                     with lock:  # as a job would hold it: no load twice
                         prepare()
             except Exception:  # its jobs will fail and say why in the audit log too
-                logger.exception("pipeline of rule %r cannot be built", rule.name)
+                logger.exception("pipeline of rule %r cannot be built or prepared", rule.name)
                 continue
             seconds = time.perf_counter() - started
             logger.info("pipeline of rule %r ready (%.1f s)", rule.name, seconds)

@@ -41,15 +41,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    """Validate the settings as ``serve`` would, without starting anything."""
+    """Validate the settings and the files they name as ``serve`` would, changing nothing."""
     path = config_path(args.config)
     settings = _settings(args.config)
+    _check_files(settings)
     rules = ", ".join(f"{r.name} ({r.pipeline})" for r in settings.rules) or "none"
     print(
         f"{path}: valid. {len(settings.destinations)} destination(s); rules: {rules}; "
         f"data in {settings.node.data_dir}"
     )
     return 0
+
+
+def _check_files(settings: Settings) -> None:
+    """Read the signing identity and TLS files ``serve`` would load; raise ConfigError."""
+    from node.dicom.tls import client_context, server_context
+    from node.errors import SigningError
+    from node.settings import DicomDestination
+    from node.signing_identity import check_identity_files
+
+    node = settings.node
+    try:
+        check_identity_files(node.data_dir / "keys", node.signing_key, node.signing_cert)
+    except SigningError as exc:
+        raise ConfigError(f"node.signing_key / node.signing_cert: {exc}") from None
+    if node.tls is not None:
+        server_context(node.tls.cert, node.tls.key, node.tls.ca)
+    for i, dest in enumerate(settings.destinations):
+        if isinstance(dest, DicomDestination) and dest.tls:
+            try:
+                client_context(dest.tls_ca, dest.tls_cert, dest.tls_key)
+            except ConfigError as exc:
+                raise ConfigError(f"destinations[{i}] ({dest.name}): {exc}") from None
 
 
 @contextmanager
@@ -199,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check",
         help="validate the settings as serve would (keys, rules, pipeline parameters, "
-        "weights hashes) and exit",
+        "weights hashes, signing and TLS files) and exit, changing nothing",
     )
     check.add_argument(
         "--config", help="settings file (default $RADNODE_CONFIG or ./settings.toml)"

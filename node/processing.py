@@ -49,6 +49,7 @@ class PipelineCache:
         A build (seconds) holds only its own rule's build lock: jobs of
         other rules, and :meth:`discard`, do not wait for it.
         """
+        rule = self.settings.rule(rule_name)
         with self._lock:
             build = self._builds.setdefault(rule_name, threading.Lock())
         with build:
@@ -56,10 +57,11 @@ class PipelineCache:
                 found = self._pipelines.get(rule_name)
             if found is not None:
                 return found
-            rule = self.settings.rule(rule_name)
             built = (self.registry.create(rule.pipeline, rule.params), threading.Lock())
             with self._lock:
-                self._pipelines[rule_name] = built
+                # A build that hung and was discarded meanwhile stores nothing.
+                if self._builds.get(rule_name) is build:
+                    self._pipelines[rule_name] = built
             return built
 
     def discard(self, rule_name: str) -> None:
@@ -69,6 +71,9 @@ class PipelineCache:
         """
         with self._lock:
             self._pipelines.pop(rule_name, None)
+            # A build still running (hung) keeps its own lock; the next job
+            # builds with a new one rather than waiting for it.
+            self._builds.pop(rule_name, None)
 
 
 class Processor:

@@ -515,6 +515,11 @@ def parse_settings(
                     entry.check(rule.params, settings.node.workers > 0)
                 except PipelineError as exc:
                     raise ConfigError(f"{source}: rules[{i}].params ({rule.name}): {exc}") from exc
+                except OSError as exc:  # e.g. weights this user may not read
+                    raise ConfigError(
+                        f"{source}: rules[{i}].params ({rule.name}): cannot read "
+                        f"{exc.filename!r}: {exc.strerror}"
+                    ) from exc
     return settings
 
 

@@ -211,6 +211,34 @@ def check_identity(key: rsa.RSAPrivateKey, cert: x509.Certificate, cert_path: Pa
         )
 
 
+def check_identity_files(
+    keys_dir: Path, key_path: Path | None = None, cert_path: Path | None = None
+) -> None:
+    """What :func:`load_or_create_identity` would refuse, found without writing anything.
+
+    A site's configured pair is loaded and checked; the managed pair in
+    ``keys_dir`` is checked where it exists (a missing one is made at the
+    first start).
+
+    Raises
+    ------
+    SigningError
+        As :func:`load_or_create_identity` would.
+    """
+    if (key_path is None) != (cert_path is None) or key_path is not None:
+        load_or_create_identity(keys_dir, key_path, cert_path)  # only reads configured files
+        return
+    managed_key = keys_dir / KEY_FILE_NAME
+    managed_cert = keys_dir / CERT_FILE_NAME
+    if managed_cert.exists() and not managed_key.exists():
+        raise SigningError(
+            f"{managed_cert} exists but its key {managed_key} is missing; restore the key "
+            "or remove the certificate to make a new identity"
+        )
+    if managed_key.exists() and managed_cert.exists():
+        check_identity(_load_key(managed_key), load_certificate(managed_cert), managed_cert)
+
+
 def load_or_create_identity(
     keys_dir: Path,
     key_path: Path | None = None,

@@ -241,3 +241,30 @@ def test_check_command_validates_without_starting(
     assert main(["check", "--config", str(bad)]) == 0
     assert f"data in {tmp_path / 'var'}" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.toml"]
+
+
+def test_check_command_reads_the_signing_and_tls_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    base = '[[destinations]]\nname = "pacs"\nae_title = "X"\nhost = "127.0.0.1"\nport = 4242\n'
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        '[node]\nsigning_key = "keys/site-key.pem"\nsigning_cert = "keys/site-cert.pem"\n\n' + base
+    )
+    assert main(["check", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "node.signing_key / node.signing_cert:" in err and "site-key.pem" in err
+    cfg.write_text(
+        '[node]\nport = 11112\n[node.tls]\nport = 2762\ncert = "tls/node.crt"\n'
+        'key = "tls/node.key"\n\n' + base
+    )
+    assert main(["check", "--config", str(cfg)]) == 2
+    assert "cannot load TLS certificate" in capsys.readouterr().err
+    # A managed certificate without its key would stop serve: check says so.
+    (tmp_path / "var" / "keys").mkdir(parents=True)
+    (tmp_path / "var" / "keys" / "signing-cert.pem").write_text("-")
+    cfg.write_text(base)
+    assert main(["check", "--config", str(cfg)]) == 2
+    assert "signing-key.pem is missing" in capsys.readouterr().err

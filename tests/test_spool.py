@@ -63,7 +63,7 @@ def test_stale_temporaries_are_removed_and_young_ones_kept(tmp_path: Path) -> No
     an_hour_ago = time.time() - spool.STALE_TEMPORARY_SECONDS - 60
     os.utime(stale, (an_hour_ago, an_hour_ago))
     # Only files named as write_atomic names its temporaries are touched.
-    others = [folder / "notes.tmp", folder / ".notes.tmp", folder / ".1.2.6.dcm.tmp"]
+    others = [folder / ".notes.tmp", folder / ".1.2.6.dcm.tmp", folder / ".1.2.7.dcm.1-x.tmp"]
     for other in others:
         other.write_bytes(b"not ours")
         os.utime(other, (an_hour_ago, an_hour_ago))
@@ -72,3 +72,20 @@ def test_stale_temporaries_are_removed_and_young_ones_kept(tmp_path: Path) -> No
     assert sorted(os.listdir(folder)) == sorted([*kept, young.name])
     assert spool.remove_stale_temporaries([folder], max_age=0.0) == 1
     assert sorted(os.listdir(folder)) == sorted(kept)
+
+
+def test_a_temporary_that_cannot_be_removed_is_left_and_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stale = tmp_path / ".1.2.4.dcm.4242-0.tmp"
+    stale.write_bytes(b"cut off")
+    long_ago = time.time() - 2 * spool.STALE_TEMPORARY_SECONDS
+    os.utime(stale, (long_ago, long_ago))
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    assert spool.remove_stale_temporaries([tmp_path]) == 0
+    assert stale.exists()
+    assert "cannot remove temporary file .1.2.4.dcm.4242-0.tmp: Permission denied" in caplog.text

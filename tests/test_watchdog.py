@@ -146,10 +146,16 @@ class SlowBuild:
     modalities: tuple[str, ...] = ("CT",)
     started = threading.Event()
     finish = threading.Event()
+    built = 0
 
     def __init__(self) -> None:
+        SlowBuild.built += 1
         SlowBuild.started.set()
         SlowBuild.finish.wait(30)
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.started, cls.finish, cls.built = threading.Event(), threading.Event(), 0
 
     def model_info(self) -> ModelInfo:
         raise NotImplementedError
@@ -158,7 +164,8 @@ class SlowBuild:
         raise NotImplementedError
 
 
-def test_a_slow_build_holds_up_only_its_own_rule(tmp_path: Path) -> None:
+def _slow_cache(tmp_path: Path) -> PipelineCache:
+    SlowBuild.reset()
     registry = Registry()
     registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
     registry.register(PipelineEntry("slow", lambda params: SlowBuild(), ("CT",), "slow build"))
@@ -175,20 +182,82 @@ def test_a_slow_build_holds_up_only_its_own_rule(tmp_path: Path) -> None:
         },
         registry=registry,
     )
-    cache = PipelineCache(registry, settings)
+    return PipelineCache(registry, settings)
+
+
+def test_a_slow_build_holds_up_only_its_own_rule(tmp_path: Path) -> None:
+    cache = _slow_cache(tmp_path)
     fast = cache.get("fast")
     results: list[object] = []
-    builder = threading.Thread(target=lambda: results.append(cache.get("slow")))
-    builder.start()
+    builders = [
+        threading.Thread(target=lambda: results.append(cache.get("slow"))) for _ in range(2)
+    ]
+    for builder in builders:
+        builder.start()
     try:
         assert SlowBuild.started.wait(10)
         # While "slow" builds, the built rule is served and can be discarded.
         assert cache.get("fast") is fast
         cache.discard("fast")
         assert cache.get("fast") is not fast
-        assert builder.is_alive()
+        assert all(b.is_alive() for b in builders)
     finally:
         SlowBuild.finish.set()
-        builder.join(10)
-    # Later callers of the slow rule get that one build.
-    assert len(results) == 1 and cache.get("slow") is results[0]
+        for builder in builders:
+            builder.join(10)
+    # Two callers at once: one build, which both got and later callers get.
+    assert SlowBuild.built == 1
+    assert results[0] is results[1] is cache.get("slow")
+
+
+def test_a_build_discarded_while_it_hangs_is_not_kept(tmp_path: Path) -> None:
+    cache = _slow_cache(tmp_path)
+    results: list[object] = []
+    hung = threading.Thread(target=lambda: results.append(cache.get("slow")))
+    hung.start()
+    assert SlowBuild.started.wait(10)
+    cache.discard("slow")  # as a job time-out does
+    SlowBuild.finish.set()  # the late build completes ...
+    hung.join(10)
+    assert SlowBuild.built == 1 and len(results) == 1
+    # ... but the next job builds a pipeline of its own (no wait on the old lock).
+    fresh = cache.get("slow")
+    assert SlowBuild.built == 2 and fresh is not results[0]
+
+
+def test_the_warm_up_builds_and_prepares_every_rule(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from node.__main__ import Node
+
+    class Lazy(Hangs):
+        prepared = 0
+
+        def prepare(self) -> None:
+            Lazy.prepared += 1
+
+    registry = Registry()
+    registry.register(PipelineEntry("lazy", lambda params: Lazy(), ("CT",), "lazy loads"))
+    settings = parse_settings(
+        {
+            "node": {"data_dir": str(tmp_path)},
+            "destinations": [
+                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
+            ],
+            "rules": [
+                {"name": n, "pipeline": "lazy", "destinations": ["pacs"], "match": {}}
+                for n in ("a", "b")
+            ],
+        },
+        registry=registry,
+    )
+    cache = PipelineCache(registry, settings)
+    node = SimpleNamespace(settings=settings, pipelines=cache, stopping=threading.Event())
+    Node._warm_up(node)  # type: ignore[arg-type]
+    assert Lazy.prepared == 2
+    assert isinstance(cache.get("a")[0], Lazy) and Lazy.prepared == 2
+    # A stopping node builds nothing more.
+    node.pipelines = PipelineCache(registry, settings)
+    node.stopping.set()
+    Node._warm_up(node)  # type: ignore[arg-type]
+    assert Lazy.prepared == 2
