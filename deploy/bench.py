@@ -105,17 +105,18 @@ def throughput(out: Path, series_folders: list[Path], rounds: int, slices: int) 
             flush=True,
         )
     median = {k: statistics.median(v) for k, v in results.items()}
+
     # Each round's peers ran minutes apart from radnode at most, while the
     # machine's speed drifts over a run: ratios are taken within a round.
-    vs = {
-        peer: [a / b for a, b in zip(results["radnode"], results[peer], strict=True)]
-        for peer in ("orthanc", "storescp", "pynetdicom")
-    }
+    def per_round(receiver: str, *peers: str) -> dict[str, list[float]]:
+        return {
+            peer: [a / b for a, b in zip(results[receiver], results[peer], strict=True)]
+            for peer in peers
+        }
+
+    vs = per_round("radnode", "orthanc", "storescp", "pynetdicom")
     # What any pynetdicom receiver could reach at best, against the peers.
-    bare = {
-        peer: [a / b for a, b in zip(results["pynetdicom"], results[peer], strict=True)]
-        for peer in ("orthanc", "storescp")
-    }
+    bare = per_round("pynetdicom", "orthanc", "storescp")
     return {
         "images_per_second": median,
         "rounds": results,

@@ -31,6 +31,7 @@ from node.retention import Retention
 from node.routing import Router
 from node.settings import Settings
 from node.signing import load_or_create_identity, sign_dataset
+from node.signing_identity import managed_keys_dir
 from node.spool import Spool, remove_stale_temporaries
 from pipelines.registry import default_registry
 
@@ -125,11 +126,10 @@ class Node:
 
     def _written_folders(self) -> Iterator[Path]:
         """Every folder the node writes files into atomically (spool, outputs, keys, journal)."""
-        data_dir = self.settings.node.data_dir
         yield from self.ingest.spool.root.glob("*/*/")
-        yield from (data_dir / "outputs").glob("job-*/")
-        yield data_dir / "keys"
-        yield from (data_dir / "associations").glob("*/")
+        yield from self.retention.outputs_dir.glob("job-*/")
+        yield managed_keys_dir(self.settings.node.data_dir)
+        yield from self.scp.journal.root.glob("*/")
 
     def stop(self) -> None:
         """Stop accepting, let work in progress finish, and record the stop."""
@@ -168,7 +168,7 @@ def build_node(settings: Settings) -> Node:
     spool = Spool(data_dir / "spool")
     registry = default_registry()
     identity = load_or_create_identity(
-        data_dir / "keys",
+        managed_keys_dir(data_dir),
         settings.node.signing_key,
         settings.node.signing_cert,
         common_name=settings.node.ae_title,

@@ -58,11 +58,11 @@ def _check_files(settings: Settings) -> None:
     from node.dicom.tls import client_context, server_context
     from node.errors import SigningError
     from node.settings import DicomDestination
-    from node.signing_identity import check_identity_files
+    from node.signing_identity import check_identity_files, managed_keys_dir
 
     node = settings.node
     try:
-        check_identity_files(node.data_dir / "keys", node.signing_key, node.signing_cert)
+        check_identity_files(managed_keys_dir(node.data_dir), node.signing_key, node.signing_cert)
     except SigningError as exc:
         raise ConfigError(f"node.signing_key / node.signing_cert: {exc}") from None
     if node.tls is not None:

@@ -33,6 +33,12 @@ logger = logging.getLogger(__name__)
 KEY_FILE_NAME = "signing-key.pem"
 CERT_FILE_NAME = "signing-cert.pem"
 
+
+def managed_keys_dir(data_dir: Path) -> Path:
+    """Where the node keeps its own signing identity: ``data_dir/keys``."""
+    return data_dir / "keys"
+
+
 #: Smallest RSA modulus accepted; PS3.15 C.1 leaves the size to policy and
 #: 2048 bits is today's floor for signatures meant to last years.
 MIN_RSA_BITS = 2048
@@ -225,18 +231,23 @@ def check_identity_files(
     SigningError
         As :func:`load_or_create_identity` would.
     """
-    if (key_path is None) != (cert_path is None) or key_path is not None:
+    if key_path is not None or cert_path is not None:
         load_or_create_identity(keys_dir, key_path, cert_path)  # only reads configured files
         return
     managed_key = keys_dir / KEY_FILE_NAME
     managed_cert = keys_dir / CERT_FILE_NAME
+    _refuse_half_pair(managed_key, managed_cert)
+    if managed_key.exists() and managed_cert.exists():
+        check_identity(_load_key(managed_key), load_certificate(managed_cert), managed_cert)
+
+
+def _refuse_half_pair(managed_key: Path, managed_cert: Path) -> None:
+    """A managed certificate without its key: never replaced behind the operator's back."""
     if managed_cert.exists() and not managed_key.exists():
         raise SigningError(
             f"{managed_cert} exists but its key {managed_key} is missing; restore the key "
             "or remove the certificate to make a new identity"
         )
-    if managed_key.exists() and managed_cert.exists():
-        check_identity(_load_key(managed_key), load_certificate(managed_cert), managed_cert)
 
 
 def load_or_create_identity(
@@ -297,11 +308,7 @@ def load_or_create_identity(
     # the lock makes exactly one of them create the identity, and the others
     # load that one instead of each racing to write its own key.
     with _locked(keys_dir / ".lock"):
-        if managed_cert.exists() and not managed_key.exists():
-            raise SigningError(
-                f"{managed_cert} exists but its key {managed_key} is missing; restore the key "
-                "or remove the certificate to make a new identity"
-            )
+        _refuse_half_pair(managed_key, managed_cert)
         if managed_key.exists():
             key = _load_key(managed_key)
             if managed_key.stat().st_mode & 0o077:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
@@ -16,7 +17,7 @@ from node.jobs import JobQueue, WorkerPool
 from node.peers import wait_until
 from node.processing import PipelineCache, Processor
 from node.samples import CT_128, make_series
-from node.settings import parse_settings
+from node.settings import Settings, parse_settings
 from node.spool import Spool
 from pipelines.base import (
     ModelInfo,
@@ -53,19 +54,31 @@ def _factory(params: Mapping[str, ParamValue]) -> Pipeline:
     return Hangs()
 
 
-def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> None:
-    registry = Registry()
-    registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
-    settings = parse_settings(
+def _settings(
+    tmp_path: Path, registry: Registry, rules: Mapping[str, str], **tables: Any
+) -> Settings:
+    """Settings with one destination and a match-all rule per ``rules`` item (name: pipeline)."""
+    return parse_settings(
         {
             "node": {"data_dir": str(tmp_path)},
-            "jobs": {"timeout_seconds": 1, "max_attempts": 2},
             "destinations": [
                 {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
             ],
-            "rules": [{"name": "r", "pipeline": "hangs", "destinations": ["pacs"], "match": {}}],
+            "rules": [
+                {"name": name, "pipeline": pipeline, "destinations": ["pacs"], "match": {}}
+                for name, pipeline in rules.items()
+            ],
+            **tables,
         },
         registry=registry,
+    )
+
+
+def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> None:
+    registry = Registry()
+    registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
+    settings = _settings(
+        tmp_path, registry, {"r": "hangs"}, jobs={"timeout_seconds": 1, "max_attempts": 2}
     )
     db = Database(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
     spool = Spool(tmp_path / "spool")
@@ -169,20 +182,7 @@ def _slow_cache(tmp_path: Path) -> PipelineCache:
     registry = Registry()
     registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
     registry.register(PipelineEntry("slow", lambda params: SlowBuild(), ("CT",), "slow build"))
-    settings = parse_settings(
-        {
-            "node": {"data_dir": str(tmp_path)},
-            "destinations": [
-                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
-            ],
-            "rules": [
-                {"name": "fast", "pipeline": "hangs", "destinations": ["pacs"], "match": {}},
-                {"name": "slow", "pipeline": "slow", "destinations": ["pacs"], "match": {}},
-            ],
-        },
-        registry=registry,
-    )
-    return PipelineCache(registry, settings)
+    return PipelineCache(registry, _settings(tmp_path, registry, {"fast": "hangs", "slow": "slow"}))
 
 
 def test_a_slow_build_holds_up_only_its_own_rule(tmp_path: Path) -> None:
@@ -238,19 +238,7 @@ def test_the_warm_up_builds_and_prepares_every_rule(tmp_path: Path) -> None:
 
     registry = Registry()
     registry.register(PipelineEntry("lazy", lambda params: Lazy(), ("CT",), "lazy loads"))
-    settings = parse_settings(
-        {
-            "node": {"data_dir": str(tmp_path)},
-            "destinations": [
-                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
-            ],
-            "rules": [
-                {"name": n, "pipeline": "lazy", "destinations": ["pacs"], "match": {}}
-                for n in ("a", "b")
-            ],
-        },
-        registry=registry,
-    )
+    settings = _settings(tmp_path, registry, {"a": "lazy", "b": "lazy"})
     cache = PipelineCache(registry, settings)
     node = SimpleNamespace(settings=settings, pipelines=cache, stopping=threading.Event())
     Node._warm_up(node)  # type: ignore[arg-type]

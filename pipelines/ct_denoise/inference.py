@@ -29,6 +29,13 @@ def shipped_weights() -> tuple[Path, str]:
     return SHIPPED_WEIGHTS, SHIPPED_SHA256
 
 
+def weights_for(params: CTDenoiseParams) -> tuple[Path, str]:
+    """The weights the model method loads: a site's own, else the shipped ones."""
+    if params.weights is not None and params.weights_sha256 is not None:
+        return params.weights, params.weights_sha256
+    return shipped_weights()
+
+
 class ModelDenoiser:
     """The trained network behind the pipeline's slice-denoiser interface.
 
@@ -73,10 +80,7 @@ class ModelDenoiser:
     @classmethod
     def from_params(cls, params: CTDenoiseParams) -> ModelDenoiser:
         """Build from rule parameters: a site's own weights or the shipped ones."""
-        if params.weights is not None and params.weights_sha256 is not None:
-            return cls(params.weights, params.weights_sha256, params.device, params.backend)
-        path, sha = shipped_weights()
-        return cls(path, sha, params.device, params.backend)
+        return cls(*weights_for(params), params.device, params.backend)
 
     @property
     def runtime(self) -> str:

@@ -118,11 +118,7 @@ def check_params(params: Mapping[str, ParamValue], weights: bool = True) -> None
         weights file is missing or its SHA-256 is not the pinned one.
     """
     parsed = parse_params(params)
-    if not weights or parsed.method != "model":
-        return
-    from pipelines.ct_denoise.inference import shipped_weights
+    if weights and parsed.method == "model":
+        from pipelines.ct_denoise.inference import weights_for
 
-    if parsed.weights is not None and parsed.weights_sha256 is not None:
-        verify_weights(parsed.weights, parsed.weights_sha256)
-    else:
-        verify_weights(*shipped_weights())
+        verify_weights(*weights_for(parsed))

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipelines.base import FloatArray
 from pipelines.evaluation.metrics import SOFT_TISSUE, WIDE
+from pipelines.evaluation.observer import BOOTSTRAP_DRAWS
 from pipelines.evaluation.report import markdown_table, plot_bars, plot_crops, plot_nps
 
 #: The issue's targets at 25 % dose.
@@ -78,11 +79,16 @@ def target_checks(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         (
             "d′ not below low dose for any insert",
             f"worst Δd′ {worst['dprime_change']:+.3f} ({worst_key}, 95 % interval "
-            f"{worst['dprime_change_low']:+.3f} … {worst['dprime_change_high']:+.3f})",
+            f"{_interval(worst)})",
             status,
         )
     )
     return rows
+
+
+def _interval(insert: Mapping[str, float]) -> str:
+    """An insert's 95 % interval of the change of d', e.g. ``-0.028 … +0.021``."""
+    return f"{insert['dprime_change_low']:+.3f} … {insert['dprime_change_high']:+.3f}"
 
 
 def write_report(
@@ -264,7 +270,8 @@ def write_report(
         "",
         f"{metrics['config']['realisations']} signal-present and as many signal-absent "
         "realisations. Change of d′ against the low-dose input, with a paired 95 % "
-        "bootstrap interval (1000 draws of the realisations, each taken by both versions):",
+        f"bootstrap interval ({BOOTSTRAP_DRAWS} draws of the realisations, each taken by "
+        "both versions):",
         "",
         markdown_table(
             ["method", *[f"Δd′ {k}" for k in inserts]],
@@ -272,9 +279,7 @@ def write_report(
                 [
                     k,
                     *[
-                        f"{v['inserts'][i]['dprime_change']:+.3f} "
-                        f"({v['inserts'][i]['dprime_change_low']:+.3f} … "
-                        f"{v['inserts'][i]['dprime_change_high']:+.3f})"
+                        f"{v['inserts'][i]['dprime_change']:+.3f} ({_interval(v['inserts'][i])})"
                         for i in inserts
                     ],
                 ]

@@ -100,13 +100,17 @@ def _hotelling_dprime(vp: npt.NDArray[np.float64], va: npt.NDArray[np.float64]) 
     return float(np.sqrt(max(float(dv @ np.linalg.solve(cov, dv)), 0.0)))
 
 
+#: Bootstrap draws of :func:`dprime_change` unless told otherwise.
+BOOTSTRAP_DRAWS = 1000
+
+
 def dprime_change(
     present: FloatArray,
     absent: FloatArray,
     ref_present: FloatArray,
     ref_absent: FloatArray,
     radius_px: float,
-    draws: int = 1000,
+    draws: int = BOOTSTRAP_DRAWS,
     seed: int = 0,
     channels: int = 6,
 ) -> tuple[float, float, float]:

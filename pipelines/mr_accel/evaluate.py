@@ -141,7 +141,7 @@ def run_methods(
     outputs["cs"] = (
         cs_l1_wavelet(x / scale, case.acceleration.coverage, case.acceleration.pe_axis) * scale
     )
-    vol = Volume(voxels=x[None].astype(np.float32), modality="MR", unit="arbitrary")
+    vol = _volume(x)
     passed = {}
     for method, coverage in (("mr-accel", case.acceleration.coverage), ("mr-accel-no-dc", None)):
         result = pipeline(coverage).run(vol)
@@ -150,6 +150,11 @@ def run_methods(
         if result.flagged_slices:
             logger.warning("%s: QA gate flagged the %s output", case.name, method)
     return outputs, passed
+
+
+def _volume(image: FloatArray) -> Volume:
+    """One MR slice as the pipeline takes it."""
+    return Volume(voxels=image[None].astype(np.float32), modality="MR", unit="arbitrary")
 
 
 def unchanged_input(case: Case, restore: Pipeline) -> dict[str, float]:
@@ -161,7 +166,7 @@ def unchanged_input(case: Case, restore: Pipeline) -> dict[str, float]:
     only its flag is reported).
     """
     x = case.reference
-    result = restore.run(Volume(voxels=x[None].astype(np.float32), modality="MR", unit="arbitrary"))
+    result = restore.run(_volume(x))
     if result.flagged_slices:
         return {"qa_passed": 0.0}
     out = result.volume.voxels[0]
