@@ -90,6 +90,9 @@ def test_site_weights_with_the_wrong_hash_are_refused(tmp_path: Path) -> None:
     # The same bytes under their own hash load, and are labelled as site weights.
     pipe = entry().factory({"weights": str(site), "weights_sha256": sha256_file(site)})
     assert "site" in pipe.model_info().name
+    # Another model: its own version, so its outputs get their own UIDs.
+    shipped = entry().factory({}).model_info().version
+    assert pipe.model_info().version == f"{shipped}+site-{sha256_file(site)[:12]}"
 
 
 def test_tampered_shipped_weights_are_refused(

@@ -87,6 +87,22 @@ def test_model_provenance() -> None:
     assert len(result.qa) == 2
 
 
+def test_site_weights_are_another_model_version(tmp_path: Path) -> None:
+    from node.uids import output_uids
+
+    site = tmp_path / "site.pt"
+    shutil.copyfile(BUNDLED_WEIGHTS, site)
+    shipped = create({}).model_info()
+    info = create({"weights": str(site), "weights_sha256": BUNDLED_WEIGHTS_SHA256}).model_info()
+    assert "site weights" in info.name and "site weights" not in shipped.name
+    assert info.version == f"{shipped.version}+site-{BUNDLED_WEIGHTS_SHA256[:12]}"
+    # Its outputs therefore form another series, never replacing the shipped model's.
+    source = ("1.2.3", ["1.2.3.1"])
+    assert output_uids(*source, "mr-accel", info.version) != output_uids(
+        *source, "mr-accel", shipped.version
+    )
+
+
 def test_classical_method_is_labelled_classical() -> None:
     pipe = create({"method": "classical"})
     assert pipe.model_info().kind is MethodKind.CLASSICAL

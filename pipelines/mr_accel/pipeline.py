@@ -20,7 +20,7 @@ from pipelines.base import (
     Volume,
     slice_pool,
 )
-from pipelines.mr_accel.config import MODEL_VERSION, MRAccelConfig
+from pipelines.mr_accel.config import BUNDLED_WEIGHTS, MODEL_VERSION, MRAccelConfig
 from pipelines.mr_accel.kspace import data_consistency
 from pipelines.mr_accel.qa import gate, robust_scale
 
@@ -77,11 +77,16 @@ class MRAccelPipeline:
                 version=MODEL_VERSION,
                 kind=MethodKind.CLASSICAL,
             )
+        # A site's own weights are another model: their outputs get their own
+        # version, and so their own series and instance UIDs.
+        sha256 = self.config.weights_sha256.lower()
+        site = self.config.weights.resolve() != BUNDLED_WEIGHTS.resolve()
         return ModelInfo(
-            name="residual MONAI UNet for accelerated MR (mr-accel)",
-            version=MODEL_VERSION,
+            name="residual MONAI UNet for accelerated MR (mr-accel)"
+            + (" (site weights)" if site else ""),
+            version=f"{MODEL_VERSION}+site-{sha256[:12]}" if site else MODEL_VERSION,
             kind=MethodKind.GENERATIVE,
-            weights_sha256=self.config.weights_sha256,
+            weights_sha256=sha256,
         )
 
     def run(self, volume: Volume) -> Result:
