@@ -181,9 +181,12 @@ def test_pipelines_are_built_at_start_up_not_at_the_first_job(
     node_runner.stop()
     # A node with no workers (receive only) or warm_up = false builds nothing
     # ahead (the message above is logged before the node answers, or never).
-    for extra in ({"workers": 0}, {"warm_up": False}):
+    variants: list[dict[str, Any]] = [{"workers": 0}, {"warm_up": False}]
+    for stops, extra in enumerate(variants, start=1):
         node_runner.configure([pacs_destination(orthanc)], [ct_rule()], extra_node=extra)
         node_runner.start()
+        # Each earlier stop (SIGTERM) was recorded before the process ended.
+        assert len(node_runner.http("/audit?event=application-stop")) == stops
         echoed = run_tool(["echoscu", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)])
         assert echoed.returncode == 0, echoed.stderr
         node_runner.stop()

@@ -5,20 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from node import audit
-from node.db import Database, Job, Series, make_engine, utcnow
-from node.ingest import Ingest
+from node.db import Job, utcnow
 from node.jobs import JobQueue, WorkerPool
 from node.peers import wait_until
 from node.processing import PipelineCache, Processor
-from node.samples import CT_128, make_series
-from node.settings import Settings, parse_settings
-from node.spool import Spool
 from pipelines.base import (
     ModelInfo,
     ParamValue,
@@ -28,7 +22,7 @@ from pipelines.base import (
     Result,
     Volume,
 )
-from tests.conftest import encode_explicit_le
+from tests.processing_setup import match_all_settings, queue_job
 
 
 class Hangs:
@@ -54,55 +48,14 @@ def _factory(params: Mapping[str, ParamValue]) -> Pipeline:
     return Hangs()
 
 
-def _settings(
-    tmp_path: Path, registry: Registry, rules: Mapping[str, str], **tables: Any
-) -> Settings:
-    """Settings with one destination and a match-all rule per ``rules`` item (name: pipeline)."""
-    return parse_settings(
-        {
-            "node": {"data_dir": str(tmp_path)},
-            "destinations": [
-                {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242}
-            ],
-            "rules": [
-                {"name": name, "pipeline": pipeline, "destinations": ["pacs"], "match": {}}
-                for name, pipeline in rules.items()
-            ],
-            **tables,
-        },
-        registry=registry,
-    )
-
-
 def test_hung_pipeline_times_out_and_its_worker_is_replaced(tmp_path: Path) -> None:
     registry = Registry()
     registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
-    settings = _settings(
+    settings = match_all_settings(
         tmp_path, registry, {"r": "hangs"}, jobs={"timeout_seconds": 1, "max_attempts": 2}
     )
-    db = Database(make_engine(f"sqlite:///{tmp_path / 'index.db'}"))
-    spool = Spool(tmp_path / "spool")
-    ingest = Ingest(db, spool, lambda ds: False)
-    series = make_series(CT_128, slices=2)
-    for ds in series:
-        ingest.accept(ds, encode_explicit_le(ds), ExplicitVRLittleEndian, "SCU")
-    series_uid = str(series[0].SeriesInstanceUID)
-    now = utcnow()
-    with db.session() as session:
-        row = session.get(Series, series_uid)
-        assert row is not None
-        row.state = "complete"
-        session.add(
-            Job(
-                series_uid=series_uid,
-                study_uid=str(series[0].StudyInstanceUID),
-                generation=1,
-                rule="r",
-                pipeline="hangs",
-                not_before=now,
-                created_at=now,
-            )
-        )
+    queued = queue_job(tmp_path, "r", "hangs")
+    db, spool = queued.db, queued.spool
     queue = JobQueue(db, settings.jobs)
     processor = Processor(
         db, settings, spool, queue, PipelineCache(registry, settings), tmp_path / "out", None
@@ -182,7 +135,9 @@ def _slow_cache(tmp_path: Path) -> PipelineCache:
     registry = Registry()
     registry.register(PipelineEntry("hangs", _factory, ("CT",), "never returns"))
     registry.register(PipelineEntry("slow", lambda params: SlowBuild(), ("CT",), "slow build"))
-    return PipelineCache(registry, _settings(tmp_path, registry, {"fast": "hangs", "slow": "slow"}))
+    return PipelineCache(
+        registry, match_all_settings(tmp_path, registry, {"fast": "hangs", "slow": "slow"})
+    )
 
 
 def test_a_slow_build_holds_up_only_its_own_rule(tmp_path: Path) -> None:
@@ -238,7 +193,7 @@ def test_the_warm_up_builds_and_prepares_every_rule(tmp_path: Path) -> None:
 
     registry = Registry()
     registry.register(PipelineEntry("lazy", lambda params: Lazy(), ("CT",), "lazy loads"))
-    settings = _settings(tmp_path, registry, {"a": "lazy", "b": "lazy"})
+    settings = match_all_settings(tmp_path, registry, {"a": "lazy", "b": "lazy"})
     cache = PipelineCache(registry, settings)
     node = SimpleNamespace(settings=settings, pipelines=cache, stopping=threading.Event())
     Node._warm_up(node)  # type: ignore[arg-type]
