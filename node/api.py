@@ -32,12 +32,34 @@ class _Scp(Protocol):
         ...
 
 
-def parse_time(value: str) -> dt.datetime:
-    """An ISO 8601 date or date-time, as naive UTC (how times are stored)."""
+def parse_time(value: str, *, end: bool = False) -> dt.datetime:
+    """An ISO 8601 date or date-time, as naive UTC (how times are stored).
+
+    A date alone stands for its whole day (UTC): its first instant, or with
+    ``end`` (an upper bound, ``--until``) its last, so that the day is included.
+    """
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is not None:
         parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    if end and _is_date(value):
+        parsed += dt.timedelta(days=1, microseconds=-1)
     return parsed
+
+
+def _limit(text: str, most: int) -> int:
+    """A ``limit`` query parameter: at least 1, at most ``most``."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"limit must be at least 1, got {value}")
+    return min(value, most)
+
+
+def _is_date(value: str) -> bool:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 class ApiServer:
@@ -149,7 +171,7 @@ class ApiServer:
         return "\n".join(lines) + "\n"
 
     def _jobs(self, query: dict[str, str]) -> str:
-        limit = min(int(query.get("limit", "100")), 1000)
+        limit = _limit(query.get("limit", "100"), 1000)
         stmt = select(Job).order_by(Job.id.desc()).limit(limit)
         if "state" in query:
             stmt = stmt.where(Job.state == query["state"])
@@ -186,8 +208,8 @@ class ApiServer:
                 series_uid=query.get("series"),
                 events=events,
                 since=parse_time(query["since"]) if "since" in query else None,
-                until=parse_time(query["until"]) if "until" in query else None,
-                limit=min(int(query.get("limit", "1000")), 10000),
+                until=parse_time(query["until"], end=True) if "until" in query else None,
+                limit=_limit(query.get("limit", "1000"), 10000),
             )
             lines = [json.dumps(audit.as_dict(r)) for r in records]
             audit.record(

@@ -191,8 +191,12 @@ def query(
     until: dt.datetime | None = None,
     limit: int | None = None,
 ) -> list[AuditRecord]:
-    """Records matching every given filter, oldest first."""
-    stmt = select(AuditRecord).order_by(AuditRecord.id)
+    """Records matching every given filter, oldest first.
+
+    ``since`` and ``until`` are inclusive. With ``limit``, the latest
+    ``limit`` of them (still oldest first).
+    """
+    stmt = select(AuditRecord).order_by(AuditRecord.id.desc())
     if study_uid:
         stmt = stmt.where(AuditRecord.study_uid == study_uid)
     if series_uid:
@@ -207,7 +211,7 @@ def query(
         stmt = stmt.where(AuditRecord.ts <= until)
     if limit is not None:
         stmt = stmt.limit(limit)
-    return list(session.execute(stmt).scalars())
+    return list(reversed(session.execute(stmt).scalars().all()))
 
 
 def verify_chain(session: Session, batch: int = 5000) -> ChainReport:

@@ -85,6 +85,17 @@ def _index(settings: Settings) -> Iterator[Database]:
         db.close()
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     with _index(_settings(args.config, with_registry=False)) as db:
         return _audit(args, db)
@@ -112,7 +123,7 @@ def _audit(args: argparse.Namespace, db: Database) -> int:
             return 2
     try:
         since = parse_time(args.since) if args.since else None
-        until = parse_time(args.until) if args.until else None
+        until = parse_time(args.until, end=True) if args.until else None
     except ValueError as exc:
         print(f"not an ISO 8601 time: {exc}", file=sys.stderr)
         return 2
@@ -235,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--study", help="StudyInstanceUID")
     aud.add_argument("--series", help="SeriesInstanceUID")
     aud.add_argument("--event", action="append", help="event name (repeatable)")
-    aud.add_argument("--since", help="ISO 8601 date/time (UTC unless an offset is given)")
-    aud.add_argument("--until", help="ISO 8601 date/time")
-    aud.add_argument("--limit", type=int, default=None, help="at most this many records")
+    aud.add_argument(
+        "--since", help="ISO 8601 date or date/time (UTC unless an offset is given), inclusive"
+    )
+    aud.add_argument("--until", help="ISO 8601 date or date/time, inclusive (a date: all of it)")
+    aud.add_argument(
+        "--limit", type=_positive_int, default=None, help="only the latest N matching records"
+    )
     aud.add_argument("--format", choices=["table", "json"], default="table")
     aud.set_defaults(func=_cmd_audit)
 

@@ -112,6 +112,36 @@ def test_query_filters(database_url: str) -> None:
     db.close()
 
 
+def test_query_by_study_time_and_limit(database_url: str) -> None:
+    db = filled(database_url)
+    with db.session() as session:
+        audit.record(session, audit.AuditEvent.SERIES_COMPLETED, study_uid="4.5.6")
+        everything = audit.query(session)
+        other = audit.query(session, study_uid="4.5.6")
+        first, last = everything[0].ts, everything[-1].ts
+        # Both bounds are inclusive; a window between records finds none.
+        window = audit.query(session, since=first, until=last)
+        before = audit.query(session, until=first - dt.timedelta(microseconds=1))
+        # The latest three, still oldest first.
+        latest = audit.query(session, limit=3)
+        latest_of_study = audit.query(session, study_uid="1.2.3", limit=2)
+    assert [r.study_uid for r in other] == ["4.5.6"]
+    assert len(everything) == 7 and len(window) == 7 and before == []
+    assert [r.id for r in latest] == [r.id for r in everything[-3:]]
+    assert [r.id for r in latest_of_study] == [r.id for r in everything[4:6]]
+    db.close()
+
+
+def test_a_date_bound_is_the_whole_day() -> None:
+    from node.api import parse_time
+
+    assert parse_time("2026-11-22") == dt.datetime(2026, 11, 22)
+    assert parse_time("2026-11-22", end=True) == dt.datetime(2026, 11, 22, 23, 59, 59, 999999)
+    # A time is taken as given (UTC unless it has an offset).
+    assert parse_time("2026-11-22T10:00", end=True) == dt.datetime(2026, 11, 22, 10)
+    assert parse_time("2026-11-22T10:00+01:00") == dt.datetime(2026, 11, 22, 9)
+
+
 def radnode(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "node", *args],
@@ -141,6 +171,21 @@ def test_cli_query_and_verify(tmp_path: Path) -> None:
 
     until = radnode("audit", "--config", str(cfg), "--until", "2000-01-01", "--format", "json")
     assert until.stdout == ""
+    # Dates: --until today takes in all of today (the records were written by now).
+    today = utcnow().date()
+    yesterday = today - dt.timedelta(days=1)
+    days = ["--since", yesterday.isoformat(), "--until", today.isoformat()]
+    study = ["--study", "1.2.3", *days, "--format", "json"]
+    dated = radnode("audit", "--config", str(cfg), *study)
+    assert dated.returncode == 0, dated.stderr
+    assert len(dated.stdout.splitlines()) == 6
+    latest = radnode("audit", "--config", str(cfg), *study, "--limit", "2")
+    assert [json.loads(line)["detail"] for line in latest.stdout.splitlines()] == [
+        {"instances": 4},
+        {"instances": 5},
+    ]
+    zero = radnode("audit", "--config", str(cfg), "--limit", "0")
+    assert zero.returncode == 2 and "must be at least 1" in zero.stderr
     bad = radnode("audit", "--config", str(cfg), "--event", "series-complete")
     assert bad.returncode == 2 and "Did you mean 'series-completed'" in bad.stderr
 
