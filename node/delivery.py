@@ -210,6 +210,16 @@ class Dispatcher:
         except (DeliveryError, ConfigError) as exc:
             return [StoreResult(None, str(exc))] * len(group)
 
+    def _delivered_event(self, name: str) -> audit.AuditEvent:
+        """Instances sent over DICOM are transferred; copies to a folder are exported."""
+        try:
+            destination = self.settings.destination(name)
+        except ConfigError:  # removed from settings.toml meanwhile: sent when it existed
+            return audit.AuditEvent.INSTANCES_SENT
+        if isinstance(destination, FolderDestination):
+            return audit.AuditEvent.EXPORT
+        return audit.AuditEvent.INSTANCES_SENT
+
     def _record(self, name: str, group: list[_Item], results: list[StoreResult]) -> None:
         now = utcnow()
         # Keyed by (study, source series, output series).
@@ -241,10 +251,11 @@ class Dispatcher:
                     row.next_attempt_at = now + dt.timedelta(seconds=delay)
                     count, _, _ = retried.get(key, (0, "", 0.0))
                     retried[key] = (count + 1, why, delay)
+            delivered = self._delivered_event(name)
             for (study, source, output), count in sent.items():
                 audit.record(
                     session,
-                    audit.AuditEvent.INSTANCES_SENT,
+                    delivered,
                     study_uid=study,
                     series_uid=source,
                     output_series_uid=output,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 from sqlalchemy import select, update
 
+from node import audit
 from node.db import Database, Delivery, Job, make_engine, utcnow
 from node.delivery import Dispatcher
 from node.dicom.scu import StoreResult
@@ -69,4 +71,8 @@ def test_a_claim_taken_over_after_recovery_does_not_record(tmp_path: Path) -> No
     with db.read() as session:
         row = session.execute(select(Delivery)).scalar_one()
         assert (row.state, row.attempts) == ("sent", 1)
+        # A copy to a folder leaves the node's DICOM world: an export.
+        [exported] = audit.query(session, events=["export", "instances-sent"])
+    assert exported.event == "export" and exported.output_series_uid == "1.2.3.9"
+    assert json.loads(exported.detail) == {"destination": "share", "instances": 1}
     db.close()
