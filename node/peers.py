@@ -147,8 +147,13 @@ def start_orthanc(
     aet: str = "ORTHANC",
     dicom_port: int | None = None,
     http_port: int | None = None,
+    overwrite: bool = False,
 ) -> Orthanc:
-    """Start Orthanc with its own storage under ``workdir`` (free ports by default)."""
+    """Start Orthanc with its own storage under ``workdir`` (free ports by default).
+
+    ``overwrite``: a repeated SOP Instance UID replaces the stored instance
+    (Orthanc's ``OverwriteInstances``; by default it keeps the first copy).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port = dicom_port or free_port()
     http_port = http_port or free_port()
@@ -167,6 +172,7 @@ def start_orthanc(
         "StorageCompression": False,
         "Plugins": [],
         "SaveJobs": False,
+        "OverwriteInstances": overwrite,
         "DicomModalities": {
             name: [ae_title, LOOPBACK, port]
             for name, (ae_title, port) in (modalities or {}).items()

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
+from node import provenance as prov
 from node.peers import LOOPBACK, Orthanc, free_port, run_tool, start_orthanc, wait_until
 from node.samples import CT_128, make_series, write_series
 from tests.conftest import NodeRunner, ct_rule, pacs_destination
@@ -211,25 +212,45 @@ def test_delivery_gives_up_after_max_attempts_and_an_operator_retries(
         orthanc.stop()
 
 
-def test_late_instance_reruns_and_replaces_outputs(
-    tmp_path: Path, orthanc: Orthanc, node_runner: NodeRunner
-) -> None:
-    node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
-    node_runner.start()
-    series = make_series(CT_128, slices=3)
-    files = write_series(series, tmp_path / "in")
-    study = str(series[0].StudyInstanceUID)
-    storescu(node_runner.port, files[:2])
-    first = wait_enhanced(orthanc, study, 2)
-    storescu(node_runner.port, files[2:])
-    second = wait_enhanced(orthanc, study, 3)
-    # Same output series; the two earlier outputs were replaced, not duplicated.
-    assert (
-        second["MainDicomTags"]["SeriesInstanceUID"] == first["MainDicomTags"]["SeriesInstanceUID"]
-    )
-    assert set(first["Instances"]) < set(second["Instances"])
-    generations = db_rows(node_runner, "SELECT generation, state FROM jobs ORDER BY id")
-    assert generations == [(1, "succeeded"), (2, "succeeded")]
+def test_late_instance_reruns_and_replaces_outputs(tmp_path: Path, node_runner: NodeRunner) -> None:
+    # A PACS that lets a resent SOP Instance UID replace what it holds.
+    orthanc = start_orthanc(tmp_path / "pacs", overwrite=True)
+    try:
+        node_runner.configure([pacs_destination(orthanc)], [ct_rule()])
+        node_runner.start()
+        series = make_series(CT_128, slices=3)
+        files = write_series(series, tmp_path / "in")
+        study = str(series[0].StudyInstanceUID)
+        storescu(node_runner.port, files[:2])
+        first = wait_enhanced(orthanc, study, 2)
+        storescu(node_runner.port, files[2:])
+        jobs = "SELECT id, generation, state FROM jobs ORDER BY id"
+        done = [(1, "succeeded"), (2, "succeeded")]  # (generation, state)
+
+        def ran() -> list[Any] | None:
+            rows = db_rows(node_runner, jobs)
+            return rows if [row[1:] for row in rows] == done else None
+
+        second_job = wait_until(ran, 120, "the re-run of the new generation")[1][0]
+
+        def replaced() -> dict[str, Any] | None:
+            found = enhanced(orthanc, study)
+            if len(found) != 1 or len(found[0]["Instances"]) != 3:
+                return None
+            outputs = [dcmread(orthanc.instance_file(i)) for i in found[0]["Instances"]]
+            jobs_seen = {prov.read_private(out, prov.PRIVATE_JOB_ID) for out in outputs}
+            return found[0] if jobs_seen == {second_job} else None
+
+        second = wait_until(replaced, 120, "every output from the re-run")
+        # Same output series; the two earlier outputs were replaced (they now
+        # come from the second job), not duplicated.
+        assert (
+            second["MainDicomTags"]["SeriesInstanceUID"]
+            == first["MainDicomTags"]["SeriesInstanceUID"]
+        )
+        assert set(first["Instances"]) < set(second["Instances"])
+    finally:
+        orthanc.stop()
 
 
 def test_same_series_sent_twice_gives_one_output_series(
