@@ -119,6 +119,22 @@ def test_bad_datasets_get_a_failure_status_and_an_audit_record(
     assert indexed(node) == []
 
 
+def test_a_dataset_without_its_sop_instance_uid_is_refused(
+    tmp_path: Path, node: NodeRunner
+) -> None:
+    ds = make_series(CT_128, slices=1)[0]
+    path = tmp_path / "no-sop-uid.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    # The request names the instance (from the file meta); its dataset does not.
+    stored = dcmread(path)
+    del stored.SOPInstanceUID
+    stored.save_as(path)
+    assert store_raw(node.port, path) == 0xA900
+    reasons = wait_until(lambda: rejected_reasons(node), 10, "instance-rejected record")
+    assert "SOPInstanceUID" in reasons[-1]["reason"]
+    assert indexed(node) == []
+
+
 def test_truncated_and_garbage_datasets_are_refused_and_the_node_keeps_serving(
     tmp_path: Path, node: NodeRunner
 ) -> None:
@@ -148,6 +164,8 @@ def test_truncated_and_garbage_datasets_are_refused_and_the_node_keeps_serving(
         ("MR_small_RLE.dcm", "-xr"),  # MR, RLE lossless
         ("MR_small_jpeg_ls_lossless.dcm", "-xt"),  # MR, JPEG-LS lossless
         ("JPEG-LL.dcm", "-xs"),  # NM, JPEG lossless SV1
+        ("SC_rgb_jpeg_dcmtk.dcm", "-xy"),  # secondary capture, JPEG baseline (8-bit)
+        ("JPGExtended.dcm", "-xx"),  # NM, JPEG extended (12-bit)
     ],
 )
 def test_compressed_transfer_syntaxes_are_stored_as_received(
