@@ -61,6 +61,24 @@ def test_gate_catches_an_injected_fake_structure() -> None:
     assert verdict.metrics["structure_max"] > 0.1
 
 
+def test_gate_catches_grain_the_input_never_had() -> None:
+    _, fast = _fast_image()
+    restored = create({"phase_coverage": 0.5}).run(
+        Volume(voxels=fast[None], modality="MR", unit="arbitrary")
+    )
+    out = restored.volume.voxels[0]
+    honest = gate(fast, out)
+    assert honest.passed and honest.metrics["noise_ratio"] < 1.0
+    # Grain twice the input's own fine-grained noise: the output is now noisier
+    # than the input in flat tissue, although nothing in it is structure.
+    sd = 2.0 * honest.metrics["noise_in"] * honest.metrics["scale"]
+    grain = np.random.default_rng(0).normal(0.0, sd, out.shape).astype(np.float32)
+    verdict = gate(fast, out + grain)
+    assert not verdict.passed
+    assert any("noise" in r for r in verdict.reasons), verdict.reasons
+    assert verdict.metrics["structure_max"] <= 0.10  # the structure check alone misses it
+
+
 def test_gate_catches_a_contrast_change() -> None:
     _, fast = _fast_image()
     for gain in (1.2, 0.95, 1.05):
@@ -134,8 +152,16 @@ def test_gate_check_reports_metrics_and_catch_rate() -> None:
     assert 2 <= report["restorations"] <= 4
     assert report["discs_injected"] == report["restorations"]
     assert 0 <= report["discs_caught"] <= report["discs_injected"]
-    assert set(report["max"]) == {"lowfreq_diff", "bias_max", "structure_max", "detail_ratio"}
+    assert set(report["max"]) == {
+        "lowfreq_diff",
+        "bias_max",
+        "structure_max",
+        "detail_ratio",
+        "noise_ratio",
+    }
     assert report["flagged"] == 0  # restorations pass with the shipped model
+    assert report["grain_injected"] == report["restorations"]
+    assert 0 <= report["grain_caught"] <= report["grain_injected"]
 
 
 def test_gate_catches_fake_structure_in_textured_tissue() -> None:

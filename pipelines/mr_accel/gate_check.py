@@ -6,8 +6,9 @@ For each seed: ``N`` simulated references with mixed accelerations are
 restored with and without data consistency, and the gate's metrics are
 compared with its limits (a restoration should pass with room to spare);
 then a disc of 5 px radius and 30 % contrast is injected into each
-restoration at a random tissue site, and the share the gate catches is
-counted. Prints one JSON line per seed.
+restoration at a random tissue site, and, separately, white grain as strong
+as the input's own fine-grained noise is added to it; the share of each the
+gate catches is counted. Prints one JSON line per seed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pipelines.mr_accel.simulate import (
     random_reference_noise,
 )
 
-METRICS = ("lowfreq_diff", "bias_max", "structure_max", "detail_ratio", "edge_corr")
+METRICS = ("lowfreq_diff", "bias_max", "structure_max", "detail_ratio", "noise_ratio", "edge_corr")
 
 
 def _with_disc(image: FloatArray, rng: np.random.Generator) -> FloatArray | None:
@@ -58,7 +59,7 @@ def check(seed: int, images: int, noise: float | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     limits = GateThresholds()
     seen: dict[str, list[float]] = {k: [] for k in METRICS}
-    flagged = caught = injected = 0
+    flagged = caught = injected = grained = grain_caught = 0
     pipelines: dict[tuple[float, float] | None, MRAccelPipeline] = {}
     for _ in range(images):
         reference = fully_averaged(training_image(rng), random_reference_noise(rng), rng)
@@ -84,6 +85,14 @@ def check(seed: int, images: int, noise: float | None = None) -> dict[str, Any]:
             if fake is not None:
                 injected += 1
                 caught += not gate(x, fake, limits).passed
+            # Grain as strong as the input's own noise, added by the "model".
+            # (The pipeline judged its own normalised slice: measure in x's units.)
+            own = gate(x, result.volume.voxels[0], limits).metrics
+            grain_sd = own.get("noise_in", 0.0) * own.get("scale", 0.0)
+            if grain_sd > 0:
+                grainy = result.volume.voxels[0] + rng.normal(0.0, grain_sd, x.shape)
+                grained += 1
+                grain_caught += not gate(x, grainy.astype(np.float32), limits).passed
     return {
         "seed": seed,
         "restorations": len(seen["bias_max"]),
@@ -95,10 +104,13 @@ def check(seed: int, images: int, noise: float | None = None) -> dict[str, Any]:
             "bias_max": limits.max_bias,
             "structure_max": limits.max_structure,
             "detail_ratio": limits.max_detail_ratio,
+            "noise_ratio": limits.max_noise_ratio,
             "min_edge_corr": limits.min_edge_corr,
         },
         "discs_injected": injected,
         "discs_caught": caught,
+        "grain_injected": grained,
+        "grain_caught": grain_caught,
     }
 
 
