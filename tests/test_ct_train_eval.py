@@ -78,4 +78,18 @@ def test_evaluate_quick_writes_report_and_json(tmp_path: Path) -> None:
             ratio = row["change_rms_hu"] / row["noise_sd_hu"]
             assert row["change_over_noise"] == pytest.approx(ratio)
     assert "### Normal-dose input" in report
+    # Tier 2 on anatomy too: every version's noise, and texture where measured.
+    anatomy = metrics["noise_anatomy"]
+    assert set(anatomy) == {"simulated", "real"}
+    for versions in anatomy.values():
+        assert list(versions) == list(metrics["task"])  # the same versions as the phantom
+        for name, row in versions.items():
+            assert row["noise_sd_hu"] > 0
+            if name != "normal dose":
+                assert 0 < row["nps_peak_cyc_per_mm"] and 0 < row["nps_mean_cyc_per_mm"]
+        # A denoiser leaves less of the inserted noise than it was given.
+        assert (
+            versions["model"]["inserted_noise_sd_hu"] < versions["low dose"]["inserted_noise_sd_hu"]
+        )
+    assert "### On simulated anatomy" in report and "### On real anatomy" in report
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())

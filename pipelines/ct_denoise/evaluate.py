@@ -132,6 +132,74 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+#: Edge of the square regions the anatomy's noise texture is measured in, pixels.
+NPS_ROI = 32
+
+
+def _body_rois(reference: FloatArray, size: int = NPS_ROI) -> list[tuple[slice, slice]]:
+    """Square regions on a grid that lie wholly inside the body of ``reference``."""
+    inside = body_mask(reference)
+    rows, cols = inside.shape
+    return [
+        (slice(r, r + size), slice(c, c + size))
+        for r in range(0, rows - size + 1, size)
+        for c in range(0, cols - size + 1, size)
+        if inside[r : r + size, c : c + size].all()
+    ]
+
+
+def anatomy_noise(
+    slices: Sequence[tuple[FloatArray, float, float | None]],
+    methods: dict[str, Method],
+    dose: float,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """Tier 2 on anatomy: noise level and texture of each version, mean over ``slices``.
+
+    ``slices`` holds (normal-dose image, pixel spacing, incident flux). Each
+    gets two independent low-dose realisations by the projection-domain
+    noise insertion, at its own flux (a simulated slice's), or at the flux
+    calibrated from its measured noise when that is ``None`` (a real slice:
+    :func:`real_photons`, as for the pixel tier). Noise SD: the
+    reference-free estimate (median local SD in flat soft tissue) of each
+    version. Texture: the NPS of the difference of a version made from the
+    two realisations, over square regions inside the body, divided by √2:
+    the anatomy cancels and the noise the method left remains (the
+    inserted noise only: a slice's own noise is in both). The normal-dose
+    row has no texture figure (one scan of it).
+    """
+    from pipelines.ct_denoise.simulate import ParallelBeamProjector, insert_noise
+    from pipelines.evaluation.noise import noise_power_spectrum
+    from pipelines.qa import estimate_noise_sd
+
+    rows: dict[str, list[dict[str, float]]] = {"normal dose": [], "low dose": []}
+    rows.update({name: [] for name in methods})
+    projectors: dict[int, ParallelBeamProjector] = {}
+    for i, (nd, sp, known) in enumerate(slices):
+        projector = projectors.setdefault(nd.shape[0], ParallelBeamProjector(nd.shape[0]))
+        photons = real_photons(nd, sp, projector) if known is None else known
+        pair = [
+            insert_noise(projector, nd, sp, dose, photons, np.random.default_rng(seed + 2 * i + k))
+            for k in (0, 1)
+        ]
+        rois = _body_rois(nd)
+        rows["normal dose"].append({"noise_sd_hu": estimate_noise_sd(nd)})
+        versions = {"low dose": pair}
+        versions.update({name: [m(x, sp) for x in pair] for name, m in methods.items()})
+        for name, (a, b) in versions.items():
+            row = {"noise_sd_hu": estimate_noise_sd(a)}
+            if rois:
+                half = (a - b) / np.float32(np.sqrt(2.0))
+                nps = noise_power_spectrum(np.stack([half[r] for r in rois]), sp, NPS_ROI // 3)
+                row.update(
+                    nps_peak_cyc_per_mm=nps.peak_frequency,
+                    nps_mean_cyc_per_mm=nps.mean_frequency,
+                    inserted_noise_sd_hu=nps.noise_sd,
+                )
+            rows[name].append(row)
+    return {name: _mean_metrics(r) for name, r in rows.items() if r}
+
+
 def tune_nlm(cfg: EvalConfig, cache: Path | None) -> tuple[float, dict[str, float]]:
     """Pick the NLM strength with the best soft-tissue PSNR on simulated tuning slices."""
     from pipelines.ct_denoise.dataset import SimRecipe, generate
@@ -180,6 +248,23 @@ def real_slices(size_limit: int | None) -> list[tuple[str, FloatArray, float]]:
     return out
 
 
+def real_photons(
+    image: FloatArray,
+    spacing: float,
+    projector: ParallelBeamProjector,
+    normal_sd_hu: float | None = None,
+) -> float:
+    """Incident flux at which ``image`` has ``normal_sd_hu`` of noise at the centre.
+
+    By default the slice's own measured noise (at least 3 HU).
+    """
+    from pipelines.ct_denoise.simulate import calibrate_photons, line_integrals
+    from pipelines.qa import estimate_noise_sd
+
+    sigma = max(estimate_noise_sd(image), 3.0) if normal_sd_hu is None else normal_sd_hu
+    return calibrate_photons(projector, line_integrals(projector, image, spacing), spacing, sigma)
+
+
 def simulate_real_low_dose(
     image: FloatArray,
     spacing: float,
@@ -193,20 +278,12 @@ def simulate_real_low_dose(
     The flux is calibrated so that the full-dose scan has ``normal_sd_hu`` of
     noise at the centre; by default, the slice's own measured noise.
     """
-    from pipelines.ct_denoise.simulate import (
-        ParallelBeamProjector,
-        calibrate_photons,
-        insert_noise,
-        line_integrals,
-    )
-    from pipelines.qa import estimate_noise_sd
+    from pipelines.ct_denoise.simulate import ParallelBeamProjector, insert_noise
 
     rng = np.random.default_rng(seed)
     proj = projector or ParallelBeamProjector(image.shape[0])
-    sigma = max(estimate_noise_sd(image), 3.0) if normal_sd_hu is None else normal_sd_hu
-    p = line_integrals(proj, image, spacing)
-    photons = calibrate_photons(proj, p, spacing, sigma)
-    return insert_noise(proj, image, spacing, dose, photons, rng, p), photons
+    photons = real_photons(image, spacing, proj, normal_sd_hu)
+    return insert_noise(proj, image, spacing, dose, photons, rng), photons
 
 
 def evaluate(
@@ -238,6 +315,17 @@ def evaluate(
         if i == 0:
             examples["simulated"] = {"normal dose": nd, "low dose": ld, **outs}
     pixel_sim = {k: _mean_metrics(v) for k, v in sim_rows.items()}
+    noise_anatomy = {
+        "simulated": anatomy_noise(
+            [
+                (nd, float(sp), float(photons))
+                for nd, sp, photons in zip(data.normal, data.spacing, data.photons, strict=True)
+            ],
+            methods,
+            cfg.dose,
+            cfg.seed + 300,
+        )
+    }
     # The same held-out slices at normal dose: what the model does to a scan
     # that needs nothing (it should change little).
     normal_dose: dict[str, dict[str, float]] = {
@@ -260,7 +348,8 @@ def evaluate(
 
         real_rows: dict[str, list[dict[str, float]]] = {"low dose": []}
         real_rows.update({k: [] for k in methods})
-        for j, (name, nd, sp) in enumerate(real_slices(128 if cfg.size < 256 else None)):
+        reals = real_slices(128 if cfg.size < 256 else None)
+        for j, (name, nd, sp) in enumerate(reals):
             ld, _ = simulate_real_low_dose(nd, sp, cfg.dose, cfg.seed + 77 + j)
             real_names.append(name)
             real_rows["low dose"].append(pixel_metrics(nd, ld))
@@ -279,6 +368,10 @@ def evaluate(
             if "real" not in examples or nd.shape[0] > examples["real"]["normal dose"].shape[0]:
                 examples["real"] = {"normal dose": nd, "low dose": ld, **outs}
         pixel_real = {k: _mean_metrics(v) for k, v in real_rows.items() if v}
+        if reals:
+            noise_anatomy["real"] = anatomy_noise(
+                [(nd, sp, None) for _, nd, sp in reals], methods, cfg.dose, cfg.seed + 400
+            )
 
     # Tiers 2 and 3 on the low-contrast phantom.
     task_images = simulate_task_images(cfg.size, cfg.realisations, cfg.dose, cfg.seed + 500)
@@ -294,6 +387,8 @@ def evaluate(
         "real_slices": real_names,
         "pixel_real_per_slice": per_slice,
         "normal_dose_input": normal_dose,
+        "noise_anatomy": noise_anatomy,
+        "noise_anatomy_roi_px": NPS_ROI,
         "task": task,
         "qa_gate": {"model_slices": len(flags), "flagged": int(sum(flags))},
         "seconds": round(time.time() - started, 1),
