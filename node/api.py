@@ -216,7 +216,7 @@ class ApiServer:
                 session,
                 audit.AuditEvent.QUERY,
                 actor=client,
-                filters={k: v for k, v in query.items() if k != "limit"},
+                filters=dict(query),
                 results=len(records),
             )
         return "\n".join(lines) + ("\n" if lines else "")

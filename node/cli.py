@@ -145,7 +145,7 @@ def _audit(args: argparse.Namespace, db: Database) -> int:
             filters={
                 k: v
                 for k, v in vars(args).items()
-                if k in ("study", "series", "event", "since", "until") and v
+                if k in ("study", "series", "event", "since", "until", "limit") and v
             },
             results=len(rows),
         )
@@ -249,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument(
         "--since", help="ISO 8601 date or date/time (UTC unless an offset is given), inclusive"
     )
-    aud.add_argument("--until", help="ISO 8601 date or date/time, inclusive (a date: all of it)")
+    aud.add_argument(
+        "--until",
+        help="ISO 8601 date or date/time (UTC unless an offset is given), inclusive: "
+        "a date takes in the whole day, a time is taken to the microsecond "
+        "(2026-11-22T10:00 ends at 10:00:00.000000)",
+    )
     aud.add_argument(
         "--limit", type=_positive_int, default=None, help="only the latest N matching records"
     )

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from sqlalchemy import delete, text, update
 
 from node import audit
 from node.db import AuditHead, AuditRecord, Database, make_engine, utcnow
+from node.peers import LOOPBACK, run_tool, wait_until
+from tests.conftest import NodeRunner
 
 
 def filled(url: str, count: int = 6) -> Database:
@@ -215,3 +218,31 @@ def test_a_deleted_head_is_found_and_never_recreated_over_records(database_url: 
         audit.record(session, audit.AuditEvent.APPLICATION_START, actor="RADNODE")
     assert not verify(reopened).ok
     reopened.close()
+
+
+def test_http_audit_query_limit_and_dates(node_runner: NodeRunner) -> None:
+    node_runner.configure_receive_only()
+    node_runner.start()
+    for _ in range(3):
+        echoed = run_tool(["echoscu", "-aec", "RADNODE", LOOPBACK, str(node_runner.port)])
+        assert echoed.returncode == 0, echoed.stderr
+    accepted = "/audit?event=association-accepted"
+    everything = wait_until(
+        lambda: (r := node_runner.http(accepted)) and len(r) == 3 and r, 10, "three records"
+    )
+    latest = node_runner.http(f"{accepted}&limit=2")
+    assert [r["id"] for r in latest] == [r["id"] for r in everything[-2:]]
+    today = utcnow().date()
+    days = f"since={today - dt.timedelta(days=1)}&until={today}"
+    assert len(node_runner.http(f"/audit?event=application-start&{days}&limit=5")) == 1
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        node_runner.http(f"{accepted}&limit=0")
+    assert refused.value.code == 400
+    assert "limit must be at least 1" in refused.value.read().decode()
+    # Each query is audited with every filter it used, the limit too.
+    queries = node_runner.http("/audit?event=query&limit=1")
+    assert queries[0]["detail"]["filters"] == {
+        "event": "application-start",
+        **dict(item.split("=") for item in days.split("&")),
+        "limit": "5",
+    }

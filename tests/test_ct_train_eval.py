@@ -86,7 +86,7 @@ def test_evaluate_quick_writes_report_and_json(tmp_path: Path) -> None:
         for name, row in versions.items():
             assert row["noise_sd_hu"] > 0
             if name != "normal dose":
-                assert 0 < row["nps_peak_cyc_per_mm"] and 0 < row["nps_mean_cyc_per_mm"]
+                assert row["nps_peak_cyc_per_mm"] > 0 and row["nps_mean_cyc_per_mm"] > 0
         # A denoiser leaves less of the inserted noise than it was given.
         assert (
             versions["model"]["inserted_noise_sd_hu"] < versions["low dose"]["inserted_noise_sd_hu"]

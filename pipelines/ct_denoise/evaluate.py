@@ -129,7 +129,9 @@ def normal_dose_change(before: FloatArray, after: FloatArray) -> dict[str, float
 
 
 def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    """Each metric's mean over the rows that have it."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
 
 
 #: Edge of the square regions the anatomy's noise texture is measured in, pixels.
@@ -196,7 +198,10 @@ def anatomy_noise(
                     nps_mean_cyc_per_mm=nps.mean_frequency,
                     inserted_noise_sd_hu=nps.noise_sd,
                 )
+            row["texture_slices"] = float(bool(rois))
             rows[name].append(row)
+    # texture_slices: the share of slices with a region inside the body (the
+    # NPS figures are means over those).
     return {name: _mean_metrics(r) for name, r in rows.items() if r}
 
 

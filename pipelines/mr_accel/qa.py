@@ -45,7 +45,8 @@ class GateThresholds:
         Largest fine-grained variation of the output over the input's (median
         local SD, 7 x 7 windows, of what the structure check's smoothing
         leaves, in flat tissue; the input's floored at ``noise_floor``):
-        above it the model added grain, as for CT's noise check.
+        above it the model added grain, as for CT's noise check. Not checked
+        on a slice with fewer than 64 flat tissue pixels.
     noise_floor
         Smallest input noise the ratio divides by (fraction of the scale).
     max_detail_ratio
@@ -74,9 +75,10 @@ class GateThresholds:
     The noise check was added later: its largest value over the same 407
     restorations was 0.997 (1.0 is an unchanged slice), 0.984 on the seeds
     8000000-8000003, where it flagged none; white grain as strong as the
-    input's own fine-grained noise, added to each of those restorations, was
-    caught in 148 of 228 (every time it left the output noisier than the
-    input by the limit; a strongly denoised output has room for it).
+    input's own fine-grained noise, added to those restorations, was caught
+    in 148 of 228 (every time it left the output noisier than the input by
+    the limit; a strongly denoised output has room for it). The other 6 of
+    the 234 had too little flat tissue for the check.
     """
 
     lowfreq_fraction: float = 1.0 / 16.0
@@ -117,8 +119,9 @@ def gate(measured: FloatArray, output: FloatArray, limits: GateThresholds | None
     inp = np.array(measured, dtype=np.float32)
     out = np.array(output, dtype=np.float32)
     scale = robust_scale(measured)
-    if not np.isfinite(out).all():
-        return SliceQA(passed=False, metrics={}, reasons=("output has non-finite values",))
+    for name, image in (("input", inp), ("output", out)):
+        if not np.isfinite(image).all():
+            return SliceQA(passed=False, metrics={}, reasons=(f"{name} has non-finite values",))
     if scale <= 0:
         # An empty slice: nothing to restore, and nothing may appear.
         same = bool(np.allclose(out, inp))
@@ -213,7 +216,9 @@ def _fine_noise(
 
     What is left after the structure check's smoothing: noise, and the
     finest texture. Restoration removes noise there and sharpens little;
-    grain added by the model raises it.
+    grain added by the model raises it. With fewer than 64 flat tissue
+    pixels nothing is measured (both 0.0: the check passes, and the
+    metric ``noise_in`` of 0.0 says it was not made).
     """
     if np.count_nonzero(flat_tissue) < 64:
         return 0.0, 0.0
