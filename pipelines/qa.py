@@ -75,8 +75,13 @@ def median_local_sd(
     size: int,
     stride: int = 1,
     placement: Placement = WHOLE,
+    quantile: float = 0.5,
 ) -> float:
     """Median over ``mask`` of the standard deviation in ``size`` x ``size`` windows.
+
+    Another ``quantile`` of them instead of the median (0.5) when given (a
+    low quantile with ``stride`` > 1 rests on fewer windows than the median
+    does, and is the less precise).
 
     In float32 after removing the mean over ``mask``: the variance of a window is
     then computed from values of a few hundred HU, well within float32's
@@ -99,7 +104,8 @@ def median_local_sd(
         mean = ndi.uniform_filter(x, size=size)
         variance = ndi.uniform_filter(x * x, size=size)
     variance -= mean * mean
-    return float(np.median(np.sqrt(np.maximum(variance[mask], np.float32(0.0)))))
+    sds = np.sqrt(np.maximum(variance[mask], np.float32(0.0)))
+    return float(np.median(sds) if quantile == 0.5 else np.quantile(sds, quantile))
 
 
 def flat_mask(image: FloatArray, size: int = 9) -> BoolArray:
@@ -130,22 +136,41 @@ def _dilate_diamond(mask: BoolArray, radius: int) -> BoolArray:
     return out
 
 
-def estimate_noise_sd(image: FloatArray, size: int = 9, max_size: int = 256) -> float:
+#: Edge of the windows the noise estimate reads, pixels.
+NOISE_WINDOW = 9
+#: The quantile of the local SDs in flat tissue that the noise estimate reads ...
+NOISE_QUANTILE = 0.1
+#: ... and that quantile over the median for CT noise alone, in windows of
+#: :data:`NOISE_WINDOW`: the median of 0.807 and 0.813, measured on the noise
+#: of 40 simulated slices each of seeds 5000 and 6000 (their low- minus
+#: normal-dose images, scaled to the normal-dose noise; 5-95 % of slices
+#: 0.74-0.84).
+NOISE_QUANTILE_RATIO = 0.81
+
+
+def estimate_noise_sd(image: FloatArray, max_size: int = 256) -> float:
     """Noise standard deviation of a CT slice, in HU, without a reference.
 
-    The median local SD (``size`` x ``size`` windows) over flat soft tissue.
-    CT noise is spatially correlated (ramp-filtered back-projection), so
-    wavelet estimators that assume white noise under-read it; the pixel
-    variance in a flat window measures it directly, whatever its texture.
-    The windows are centred on every third row and column of the flat
-    region (see :func:`median_local_sd`).
+    A low quantile (:data:`NOISE_QUANTILE`) of the local SD (windows of
+    :data:`NOISE_WINDOW` pixels) over flat soft tissue, scaled to what the
+    median gives on CT noise alone (:data:`NOISE_QUANTILE_RATIO`). CT noise
+    is spatially correlated (ramp-filtered back-projection), so wavelet
+    estimators that assume white noise under-read it; the pixel variance in
+    a flat window measures it directly. Texture the flat-tissue mask lets
+    through (a body wall of fat and muscle strands, parenchyma) only adds
+    variance, so the quietest windows are read. On the 80 simulated slices
+    the ratio was measured on (in sample), against the median local SD of
+    their noise alone in the same windows: the median of the windows
+    over-read the noise more than 1.3-fold on 23 slices, up to 8.4-fold;
+    this estimate on 6, at most 1.49-fold (median ratio 1.03, lowest 0.82).
+    White noise, whose local SDs spread less, is read about 10 % high. The
+    windows are centred on every third row and column of the flat region
+    (see :func:`median_local_sd`).
 
     Parameters
     ----------
     image
         2-D slice in HU.
-    size
-        Window edge in pixels.
     max_size
         Larger slices are measured in their central ``max_size`` square: the
         noise level of a slice is read where the patient is, at a quarter of
@@ -157,10 +182,12 @@ def estimate_noise_sd(image: FloatArray, size: int = 9, max_size: int = 256) -> 
         Estimated noise SD in HU (0.0 when the slice has no soft tissue).
     """
     img = _central(np.asarray(image, dtype=np.float32), max_size)
-    mask = flat_mask(img, size)
+    mask = flat_mask(img, NOISE_WINDOW)
     if np.count_nonzero(mask) < 16:
         return 0.0
-    return median_local_sd(img, mask, size, stride=max(size // 3, 1))
+    stride = NOISE_WINDOW // 3
+    quietest = median_local_sd(img, mask, NOISE_WINDOW, stride=stride, quantile=NOISE_QUANTILE)
+    return quietest / NOISE_QUANTILE_RATIO
 
 
 def _central(image: FloatArray, max_size: int) -> FloatArray:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: Bumped whenever the phantoms or the noise simulation change, so a cache of
 #: an older recipe is never reused.
-RECIPE_VERSION = "ct-sim-4"
+RECIPE_VERSION = "ct-sim-5"
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,7 @@ def anatomy_noise(
     noise insertion, at its own flux (a simulated slice's), or at the flux
     calibrated from its measured noise when that is ``None`` (a real slice:
     :func:`real_photons`, as for the pixel tier). Noise SD: the
-    reference-free estimate (median local SD in flat soft tissue) of each
+    reference-free estimate (:func:`pipelines.qa.estimate_noise_sd`) of each
     version. Texture: the NPS of the difference of a version made from the
     two realisations, over square regions inside the body, divided by √2:
     the anatomy cancels and the noise the method left remains (the

@@ -14,10 +14,10 @@ from pipelines.ct_denoise.params import CTDenoiseParams
 logger = logging.getLogger(__name__)
 
 #: The weights shipped with radnode and their pinned SHA-256.
-SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "ct_denoise_rescnn_v2.pt"
-SHIPPED_SHA256 = "9737061f11b790c4d06b19aba72ffa960cf656d23dc125a5243562d926e065b5"
+SHIPPED_WEIGHTS = Path(__file__).with_name("weights") / "ct_denoise_rescnn_v3.pt"
+SHIPPED_SHA256 = "a0d15605684caa970a8532d302c3242015cca0821434989a53b4a06e74d09d38"
 MODEL_NAME = "noise-conditioned residual CNN (MONAI)"
-MODEL_VERSION = "rescnn-2"
+MODEL_VERSION = "rescnn-3"
 #: Largest difference, in HU, allowed between a backend's denoised slices and
 #: torch's. OpenVINO at float32 on an AVX-512 CPU measured 0 HU on 512 x 512
 #: slices (both run oneDNN's kernels) and at most 3e-5 HU on other sizes.

@@ -228,7 +228,7 @@ def write_report(
             "",
             f"### On {tag} anatomy",
             "",
-            "Noise SD: the reference-free estimate (median local SD in flat soft tissue) of "
+            "Noise SD: the reference-free estimate (the quietest local SDs in flat soft tissue) of "
             "each version, as the pipeline measures it. Texture: the NPS of the difference of "
             "the version made from two independent low-dose realisations of each slice (÷√2, "
             f"{metrics['noise_anatomy_roi_px']} px regions inside the body): the noise that was "
