@@ -75,8 +75,9 @@ def test_noise_estimate_follows_ct_noise() -> None:
     mask = flat_mask(water)
     for sd in (np.float32(5.0), np.float32(20.0), np.float32(60.0)):
         # What the estimate is calibrated to: the median local SD of the noise.
+        noisy = np.asarray(water + sd * noise, dtype=np.float32)
         truth = qa.median_local_sd(sd * noise, mask, qa.NOISE_WINDOW, stride=3)
-        assert estimate_noise_sd(water + sd * noise) == pytest.approx(truth, rel=0.12)
+        assert estimate_noise_sd(noisy) == pytest.approx(truth, rel=0.12)
 
 
 def test_noise_estimate_reads_white_noise_ten_percent_high() -> None:
