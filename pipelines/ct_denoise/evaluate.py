@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.base import FloatArray, Volume
-from pipelines.evaluation.metrics import SOFT_TISSUE, WIDE, bias, body_mask, psnr, rmse, ssim
+from pipelines.evaluation.metrics import (
+    SOFT_TISSUE,
+    WIDE,
+    bias,
+    body_mask,
+    mean_by_key,
+    psnr,
+    rmse,
+    ssim,
+)
 
 if TYPE_CHECKING:
     from pipelines.ct_denoise.simulate import ParallelBeamProjector
@@ -128,12 +137,6 @@ def normal_dose_change(before: FloatArray, after: FloatArray) -> dict[str, float
     }
 
 
-def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Each metric's mean over the rows that have it."""
-    keys = dict.fromkeys(k for row in rows for k in row)
-    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}
-
-
 #: Edge of the square regions the anatomy's noise texture is measured in, pixels.
 NPS_ROI = 32
 
@@ -202,7 +205,7 @@ def anatomy_noise(
             rows[name].append(row)
     # texture_slices: the share of slices with a region inside the body (the
     # NPS figures are means over those).
-    return {name: _mean_metrics(r) for name, r in rows.items() if r}
+    return {name: mean_by_key(r) for name, r in rows.items() if r}
 
 
 def tune_nlm(cfg: EvalConfig, cache: Path | None) -> tuple[float, dict[str, float]]:
@@ -319,7 +322,7 @@ def evaluate(
             sim_rows[name].append(pixel_metrics(nd, img))
         if i == 0:
             examples["simulated"] = {"normal dose": nd, "low dose": ld, **outs}
-    pixel_sim = {k: _mean_metrics(v) for k, v in sim_rows.items()}
+    pixel_sim = {k: mean_by_key(v) for k, v in sim_rows.items()}
     noise_anatomy = {
         "simulated": anatomy_noise(
             [
@@ -334,7 +337,7 @@ def evaluate(
     # The same held-out slices at normal dose: what the model does to a scan
     # that needs nothing (it should change little).
     normal_dose: dict[str, dict[str, float]] = {
-        "simulated (mean)": _mean_metrics(
+        "simulated (mean)": mean_by_key(
             [
                 normal_dose_change(nd, model(nd, float(sp)))
                 for nd, sp in zip(data.normal, data.spacing, strict=True)
@@ -372,7 +375,7 @@ def evaluate(
             normal_dose[name] = normal_dose_change(nd, model(nd, sp))
             if "real" not in examples or nd.shape[0] > examples["real"]["normal dose"].shape[0]:
                 examples["real"] = {"normal dose": nd, "low dose": ld, **outs}
-        pixel_real = {k: _mean_metrics(v) for k, v in real_rows.items() if v}
+        pixel_real = {k: mean_by_key(v) for k, v in real_rows.items() if v}
         if reals:
             noise_anatomy["real"] = anatomy_noise(
                 [(nd, sp, None) for _, nd, sp in reals], methods, cfg.dose, cfg.seed + 400

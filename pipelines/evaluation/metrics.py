@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,3 +97,10 @@ def body_mask(reference: FloatArray, threshold: float = -500.0) -> BoolArray:
 
     inside = ndi.binary_fill_holes(np.asarray(reference) > threshold)
     return np.asarray(inside, dtype=bool)
+
+
+def mean_by_key(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the rows that have it, keys in order of first appearance."""
+    rows = list(rows)
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: float(np.mean([row[k] for row in rows if k in row])) for k in keys}

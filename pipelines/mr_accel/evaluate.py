@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.base import FloatArray, Pipeline, Volume
+from pipelines.evaluation.metrics import mean_by_key
 from pipelines.mr_accel.anatomy import training_image
 from pipelines.mr_accel.baselines import cs_l1_wavelet, nlm_denoise
 from pipelines.mr_accel.config import BUNDLED_WEIGHTS, BUNDLED_WEIGHTS_SHA256
@@ -182,9 +183,8 @@ def unchanged_input(case: Case, restore: Pipeline) -> dict[str, float]:
 
 def _mean_unchanged(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean of :func:`unchanged_input` rows: the share passed, the rest over passed rows."""
-    passed = [r for r in rows if r["qa_passed"]]
-    mean = {k: float(np.mean([r[k] for r in passed])) for k in passed[0]} if passed else {}
-    mean["qa_passed"] = len(passed) / len(rows)
+    mean = mean_by_key(r for r in rows if r["qa_passed"])
+    mean["qa_passed"] = sum(bool(r["qa_passed"]) for r in rows) / len(rows)
     return mean
 
 
