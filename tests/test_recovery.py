@@ -37,14 +37,18 @@ def enhanced(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
     ]
 
 
+def one_enhanced(orthanc: Orthanc, study_uid: str, count: int) -> dict[str, Any] | None:
+    """The study's one enhanced series if it holds ``count`` instances, else None."""
+    found = enhanced(orthanc, study_uid)
+    return found[0] if len(found) == 1 and len(found[0]["Instances"]) == count else None
+
+
 def wait_enhanced(
     orthanc: Orthanc, study_uid: str, count: int, timeout: float = 120
 ) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        found = enhanced(orthanc, study_uid)
-        return found[0] if len(found) == 1 and len(found[0]["Instances"]) == count else None
-
-    result: dict[str, Any] = wait_until(ready, timeout, f"one enhanced series of {count}")
+    result: dict[str, Any] = wait_until(
+        lambda: one_enhanced(orthanc, study_uid, count), timeout, f"one enhanced series of {count}"
+    )
     return result
 
 
@@ -127,7 +131,7 @@ def test_receipts_of_an_association_cut_off_by_a_kill_are_audited(
     assert "recovered" in record["detail"]
     assert list((node_runner.data_dir / "associations").glob("*/*.json")) == []
     # The series itself goes on as if nothing happened.
-    wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 3)
+    wait_enhanced(orthanc, study_uid(series), 3)
 
 
 def test_pacs_down_at_first_and_node_killed_mid_delivery(
@@ -153,7 +157,7 @@ def test_pacs_down_at_first_and_node_killed_mid_delivery(
     orthanc = start_orthanc(tmp_path / "pacs", dicom_port=pacs_port, http_port=pacs_http)
     try:
         node_runner.start()
-        wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 3)
+        wait_enhanced(orthanc, study_uid(series), 3)
         wait_until(lambda: "instances-sent" in events(node_runner, source), 30, "sent record")
         assert {s for (s,) in db_rows(node_runner, "SELECT state FROM deliveries")} == {"sent"}
     finally:
@@ -199,7 +203,7 @@ def test_delivery_gives_up_after_max_attempts_and_an_operator_retries(
             check=False,
         )
         assert retry.returncode == 0 and "2 failed deliveries queued again" in retry.stdout
-        wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 2)
+        wait_enhanced(orthanc, study_uid(series), 2)
         listing = subprocess.run(
             [sys.executable, "-m", "node", "deliveries", "--config", str(node_runner.config)],
             capture_output=True,
@@ -220,7 +224,7 @@ def test_late_instance_reruns_and_replaces_outputs(tmp_path: Path, node_runner: 
         node_runner.start()
         series = make_series(CT_128, slices=3)
         files = write_series(series, tmp_path / "in")
-        study = str(series[0].StudyInstanceUID)
+        study = study_uid(series)
         storescu(node_runner.port, files[:2])
         first = wait_enhanced(orthanc, study, 2)
         storescu(node_runner.port, files[2:])
@@ -234,12 +238,12 @@ def test_late_instance_reruns_and_replaces_outputs(tmp_path: Path, node_runner: 
         second_job = wait_until(ran, 120, "the re-run of the new generation")[1][0]
 
         def replaced() -> dict[str, Any] | None:
-            found = enhanced(orthanc, study)
-            if len(found) != 1 or len(found[0]["Instances"]) != 3:
+            found = one_enhanced(orthanc, study, 3)
+            if found is None:
                 return None
-            outputs = [dcmread(orthanc.instance_file(i)) for i in found[0]["Instances"]]
+            outputs = [dcmread(orthanc.instance_file(i)) for i in found["Instances"]]
             jobs_seen = {prov.read_private(out, prov.PRIVATE_JOB_ID) for out in outputs}
-            return found[0] if jobs_seen == {second_job} else None
+            return found if jobs_seen == {second_job} else None
 
         second = wait_until(replaced, 120, "every output from the re-run")
         # Same output series; the two earlier outputs were replaced (they now
@@ -260,7 +264,7 @@ def test_same_series_sent_twice_gives_one_output_series(
     node_runner.start()
     series = make_series(CT_128, slices=2)
     files = write_series(series, tmp_path / "in")
-    study = str(series[0].StudyInstanceUID)
+    study = study_uid(series)
     storescu(node_runner.port, files)
     first = wait_enhanced(orthanc, study, 2)
     pixels = [dcmread(orthanc.instance_file(i)).PixelData for i in sorted(first["Instances"])]
@@ -292,7 +296,7 @@ def test_outputs_sent_back_to_the_node_are_never_processed(
     node_runner.start()
     series = make_series(CT_128, slices=2)
     storescu(node_runner.port, write_series(series, tmp_path / "in"))
-    found = wait_enhanced(orthanc, str(series[0].StudyInstanceUID), 2)
+    found = wait_enhanced(orthanc, study_uid(series), 2)
     # A PACS that forwards everything sends the outputs back.
     back = tmp_path / "back"
     back.mkdir()
@@ -305,4 +309,4 @@ def test_outputs_sent_back_to_the_node_are_never_processed(
     output_uid = found["MainDicomTags"]["SeriesInstanceUID"]
     wait_until(lambda: "series-ignored" in events(node_runner, output_uid), 30, "series-ignored")
     assert db_rows(node_runner, f"SELECT * FROM jobs WHERE series_uid = '{output_uid}'") == []
-    assert len(enhanced(orthanc, str(series[0].StudyInstanceUID))) == 1
+    assert len(enhanced(orthanc, study_uid(series))) == 1
